@@ -1,0 +1,1 @@
+"""GPT-style causal language model pretraining (nanoGPT-like), byte-level by default."""

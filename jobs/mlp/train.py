@@ -1,0 +1,64 @@
+"""Per-worker MLP training loop on the digits data, run by the orchestrator on every Ray Train worker."""
+
+import torch
+
+from jobs.dist import mean_across_ranks
+from jobs.mlp.config import MLPDataConfig, MLPModelConfig
+from jobs.mlp.data import DigitsDataset
+from jobs.mlp.model import MLP
+
+
+@torch.no_grad()
+def evaluate(ctx, engine, dataset: DigitsDataset, step: int) -> dict[str, float]:
+    """Mean val loss and accuracy over eval_batches batches per rank, averaged across ranks."""
+    engine.eval()
+    generator = ctx.generator(step, split="val")
+    loss = correct = 0.0
+    # Same number of forward passes on every rank: under ZeRO-3 each one gathers parameters collectively.
+    for _ in range(ctx.spec.train.eval_batches):
+        x, y = dataset.batch(generator, ctx.spec.deepspeed.micro_batch_size, "val")
+        y = y.to(ctx.device)
+        logits, batch_loss = engine(x.to(ctx.device, ctx.dtype), y)
+        loss += batch_loss.item()
+        correct += (logits.argmax(dim=-1) == y).float().mean().item()
+    engine.train()
+    n = ctx.spec.train.eval_batches
+    return mean_across_ranks({"eval_loss": loss / n, "eval_accuracy": correct / n}, ctx.device)
+
+
+def train(ctx) -> dict:
+    model_cfg = MLPModelConfig(**ctx.spec.model)
+    dataset = DigitsDataset(MLPDataConfig(**ctx.spec.data))
+    train_cfg, ds_cfg = ctx.spec.train, ctx.spec.deepspeed
+
+    with ctx.model_init():
+        model = MLP(model_cfg, l1=train_cfg.l1, l2=train_cfg.l2)
+    engine = ctx.build_engine(model)
+    start_step = ctx.restore(engine)
+
+    accum = ds_cfg.gradient_accumulation_steps
+    loss, evals, evaluated_at = float("nan"), {}, None
+    for step in range(start_step + 1, train_cfg.steps + 1):
+        lr = engine.get_lr()[0]  # read before engine.step() advances the schedule: the lr this step uses
+        loss = 0.0
+        for micro in range(accum):
+            generator = ctx.generator(step, micro)
+            x, y = dataset.batch(generator, ds_cfg.micro_batch_size)
+            if train_cfg.input_noise > 0:
+                # Drawn from the batch's generator, so a resumed run adds exactly the same noise.
+                x = x + train_cfg.input_noise * torch.randn(x.shape, generator=generator)
+            _, micro_loss = engine(x.to(ctx.device, ctx.dtype), y.to(ctx.device))
+            engine.backward(micro_loss)
+            engine.step()  # DeepSpeed only steps the optimizer after the last of the `accum` micro batches
+            loss += micro_loss.item() / accum  # this rank's loss; eval is the cross-rank number
+        metrics = {"loss": loss, "lr": lr, "samples": accum * ds_cfg.micro_batch_size}
+        if ctx.should_eval(step):
+            evals, evaluated_at = evaluate(ctx, engine, dataset, step), step
+            metrics |= evals
+        ctx.after_step(engine, step, metrics)
+
+    # Report the final model's eval metrics even when the last step fell between eval points, or a resumed
+    # run found nothing left to do.
+    if evaluated_at != train_cfg.steps:
+        evals = evaluate(ctx, engine, dataset, train_cfg.steps)
+    return ctx.finish({"final_loss": loss, **evals})

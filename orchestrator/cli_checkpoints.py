@@ -1,0 +1,157 @@
+"""`orch checkpoints | verify | export | predict`: what a finished (or running) job left in storage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import OrchError
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _job_store(job_id: str) -> Any:
+    from orchestrator.manager import JobManager
+    from orchestrator.storage import open_store
+
+    rec = JobManager().db.get(job_id)
+    return rec, open_store(rec.storage_uri)
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from orchestrator import checkpoints
+
+    _, store = _job_store(args.job)
+    infos = checkpoints.list_checkpoints(store)
+    rows = []
+    for info in infos:
+        verified = checkpoints.verify_checkpoint(store, info.step, deep=False).ok if info.committed else False
+        rows.append({"step": info.step, "created": info.created, "size_bytes": info.size,
+                     "committed": info.committed, "verified": verified, "metrics": info.metrics})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("STEP", "CREATED", "SIZE", "COMMITTED", "VERIFIED", "METRICS")
+    for r in rows:
+        metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+                            if k in ("loss", "eval_loss", "eval_accuracy"))
+        table.add_row(str(r["step"]), r["created"] or "", _size(r["size_bytes"]), _yes(r["committed"]),
+                      _yes(r["verified"]), metrics)
+    out.print(table if rows else f"No checkpoints for {args.job} yet.")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from orchestrator import checkpoints
+
+    _, store = _job_store(args.job)
+    infos = [c for c in checkpoints.list_checkpoints(store) if c.committed]
+    if args.step is not None:
+        infos = [c for c in infos if c.step == args.step]
+    if not infos:
+        raise OrchError(f"Job {args.job} has no committed checkpoint{'' if args.step is None else ' at that step'}.")
+    bad = 0
+    for info in infos:
+        result = checkpoints.verify_checkpoint(store, info.step, deep=True)
+        if result.ok:
+            out.print(f"step {info.step}: [green]OK[/] ({result.checked_files} files re-hashed)")
+        else:
+            bad += 1
+            for problem in result.problems:
+                out.print(f"step {info.step}: [red]BAD[/] {problem}")
+    return 1 if bad else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import choose_step, consolidated_state_dict, save_state_dict
+
+    _, store = _job_store(args.job)
+    step = choose_step(store, args.step)
+    state = consolidated_state_dict(store, step)
+    out_path = Path(args.out)
+    save_state_dict(state, out_path, "safetensors" if args.safetensors else "pt")
+    n_params = sum(t.numel() for t in state.values())
+    out.print(f"Exported step {step} of {args.job}: {len(state)} tensors, {n_params:,} parameters -> {out_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from jobs.mlp.config import MLPDataConfig, MLPModelConfig
+    from jobs.mlp.data import DigitsDataset
+    from jobs.mlp.predict import load_model, predict
+    from orchestrator.export import choose_step, consolidated_state_dict
+
+    rec, store = _job_store(args.job)
+    if rec.spec.get("workload") != "mlp":
+        raise OrchError(f"orch predict serves the mlp workload; job {args.job} runs '{rec.spec.get('workload')}'.")
+    model_cfg, data_cfg = MLPModelConfig(**rec.spec["model"]), MLPDataConfig(**rec.spec["data"])
+    if args.model:
+        state = _load_exported(Path(args.model))
+    else:
+        state = consolidated_state_dict(store, choose_step(store, args.step))
+    model = load_model(state, model_cfg)
+    data = DigitsDataset(data_cfg)  # the job's split: its train mean/std standardise the inputs
+    features = np.load(args.input) if args.input else data.raw_features["val"]
+    predictions = predict(model, features, data.mean, data.std)
+    result: dict[str, Any] = {"job": args.job, "n": int(len(predictions)), "predictions": predictions.tolist()}
+    if not args.input:
+        result["accuracy"] = float((predictions == data.labels["val"].numpy()).mean())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        if "accuracy" in result:
+            out.print(f"validation accuracy: {result['accuracy']:.4f} on {result['n']} digits")
+        out.print(f"predictions: {result['predictions'][:20]}{' ...' if result['n'] > 20 else ''}")
+    return 0
+
+
+def _load_exported(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise OrchError(f"--model {path} does not exist. Create it with: orch export JOB --out {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("checkpoints", cmd_checkpoints, "List a job's checkpoints.")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    p = add("verify", cmd_verify, "Re-hash every checkpoint file against its manifest; exit 1 on any mismatch.")
+    p.add_argument("job")
+    p.add_argument("--step", type=int)
+    p = add("export", cmd_export, "Consolidate a ZeRO checkpoint into one fp32 state dict.")
+    p.add_argument("job")
+    p.add_argument("--step", type=int, help="default: the newest verified checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--safetensors", action="store_true", help="write safetensors instead of torch.save")
+    p = add("predict", cmd_predict, "Classify digits with a trained mlp job's model.")
+    p.add_argument("job")
+    p.add_argument("--model", help="an exported state dict (default: the job's newest verified checkpoint)")
+    p.add_argument("--step", type=int)
+    p.add_argument("--input", help="a .npy array of raw (N, 64) digit features (default: the validation split)")
+    p.add_argument("--json", action="store_true")

@@ -1,0 +1,146 @@
+"""Turn a job record into a Ray job (the Ray Jobs API, so `ray job list` shows it), and talk to it.
+
+The Ray job's entrypoint is `python -m orchestrator.driver`, which builds the TorchTrainer inside the
+cluster. Secrets never travel in the Ray job's runtime_env (the Jobs API shows it to anyone who
+asks): on the embedded cluster they go through a 0600 file that only the driver and workers read;
+on a remote cluster the nodes' own credentials (instance role, Kubernetes secret) are used.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cluster.address import ClusterUnavailable, auth_headers
+from orchestrator.errors import OrchError
+from orchestrator.settings import extensions_dir
+
+# Non-secret settings that tell workers how to reach storage; forwarded as they are.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+    "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "ORCH_S3_ADDRESSING_STYLE",
+    "ORCH_STORAGE_RETRIES", "ORCH_HOME",
+)
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRETS_FILE_ENV = "ORCH_SECRETS_FILE"
+
+
+def job_runtime_env(use_gpu: bool, secrets_file: Path | None, extra_env: dict[str, str],
+                    working_dir: str | None) -> dict[str, Any]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.update(extra_env)
+    env.update({
+        # Ray Train 2.x blocks each report() for this long; our workers report sparingly, so poll fast.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
+        "TORCH_EXTENSIONS_DIR": str(extensions_dir()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    if secrets_file is not None:
+        env[SECRETS_FILE_ENV] = str(secrets_file)
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if working_dir:
+        runtime_env["working_dir"] = working_dir
+    return runtime_env
+
+
+def write_secrets_file(directory: Path, job_id: str, secrets: dict[str, str]) -> Path | None:
+    """Credentials for the workers of a job on the embedded cluster, readable by this user only."""
+    values = {k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+    values.update(secrets)
+    if not values:
+        return None
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{job_id}.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        for key, value in values.items():
+            fh.write(f"{key}={value}\n")
+    return path
+
+
+def load_secrets_file() -> None:
+    """Called first thing in the driver and in each worker."""
+    path = os.environ.get(SECRETS_FILE_ENV)
+    if not path or not Path(path).is_file():
+        return
+    for line in Path(path).read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key:
+            os.environ[key] = value
+
+
+def driver_entrypoint(job_id: str, job_store_uri: str, local_cluster: bool) -> str:
+    # The embedded cluster runs our own interpreter; a remote cluster has its own `python` on PATH.
+    python = sys.executable if local_cluster else "python"
+    return " ".join(shlex.quote(p) for p in (
+        python, "-m", "orchestrator.driver", "--job-id", job_id, "--store", job_store_uri))
+
+
+class RayJobs:
+    """A thin wrapper over Ray's JobSubmissionClient with our error messages."""
+
+    def __init__(self, dashboard_url: str):
+        self.url = dashboard_url
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.url, headers=auth_headers() or None)
+            except Exception as exc:  # Ray raises ConnectionError/RuntimeError variants here
+                raise ClusterUnavailable(f"Cannot reach the Ray Jobs API at {self.url}: {exc}. Check --address "
+                                         "or ORCH_RAY_ADDRESS and that the cluster is up.") from None
+        return self._client
+
+    def submit(self, submission_id: str, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str]) -> None:
+        try:
+            self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                   runtime_env=runtime_env, metadata=metadata, entrypoint_num_cpus=0)
+        except RuntimeError as exc:
+            if "already exists" in str(exc):
+                return  # a retried launch: Ray already has it, never run it twice
+            raise OrchError(f"Ray refused job {submission_id}: {exc}") from None
+
+    def status(self, submission_id: str) -> tuple[str | None, str]:
+        """(Ray status name or None if Ray does not know the job, Ray's message)."""
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return None, ""
+            raise
+        return info.status.value, info.message or ""
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self.client.stop_job(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+
+    def logs(self, submission_id: str) -> str:
+        return self.client.get_job_logs(submission_id)
+
+    def follow_logs(self, submission_id: str) -> Iterator[str]:
+        import asyncio
+
+        # tail_job_logs is async; a tiny loop turns it into a blocking iterator for the CLI.
+        loop = asyncio.new_event_loop()
+        try:
+            agen = self.client.tail_job_logs(submission_id)
+            while True:
+                try:
+                    yield loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.close()

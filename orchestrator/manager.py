@@ -1,0 +1,275 @@
+"""The job manager: records, queue, launch, reconciliation with Ray and storage, cancel, resume.
+
+There is no long-lived server. Every `orch` command calls `tick()`, which (1) reconciles the jobs Ray is
+running with what Ray and storage say, and (2) launches queued jobs, oldest first, while they fit the
+cluster's free CPUs/GPUs. While jobs are queued or running, a small background scheduler process
+keeps ticking (see orchestrator/scheduler.py), so the queue drains even if nobody is watching.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from cluster.address import ClusterUnavailable, cluster_totals, dashboard_url, is_loopback
+from cluster.local import LocalCluster
+from orchestrator.errors import OrchError
+from orchestrator.launch import RayJobs, driver_entrypoint, job_runtime_env, write_secrets_file
+from orchestrator.settings import db_path, default_storage_uri, orch_home, ray_address_override
+from orchestrator.spec import JobSpec, parse_spec
+from orchestrator.states import ACTIVE_STATES, JobState
+from orchestrator.storage import ObjectStore, StorageError, open_store
+from orchestrator.store import JobRecord, JobStore, utc_now
+
+
+def new_job_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def ray_submission_id(rec: JobRecord) -> str:
+    """Each (re)submission is a distinct Ray job; the first keeps the plain job id."""
+    return rec.id if rec.submissions <= 1 else f"{rec.id}-r{rec.submissions}"
+
+
+def read_metrics(job_store: ObjectStore) -> list[dict]:
+    try:
+        raw = job_store.get_bytes("metrics.jsonl").decode()
+    except StorageError:
+        return []
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def read_result(job_store: ObjectStore) -> dict | None:
+    try:
+        return json.loads(job_store.get_bytes("result.json"))
+    except (StorageError, ValueError):
+        return None
+
+
+def count_attempts(job_store: ObjectStore) -> int:
+    try:
+        return len(job_store.list("attempts/"))
+    except StorageError:
+        return 0
+
+
+class JobManager:
+    def __init__(self, home: Path | None = None, address: str | None = None):
+        self.home = home or orch_home()
+        self.db = JobStore(db_path() if home is None else self.home / "jobs.db")
+        self.address = address or ray_address_override()
+        self.local = LocalCluster(self.home)
+        self._ray: dict[str, RayJobs] = {}
+
+    # ---- cluster -------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        """The cluster runs on this machine: the embedded one, or one on a loopback address."""
+        return self.address is None or is_loopback(dashboard_url(self.address))
+
+    def cluster_url(self, start: bool) -> str | None:
+        """This command's cluster: --address / ORCH_RAY_ADDRESS, else the embedded one (started if asked)."""
+        if self.address is not None:
+            return dashboard_url(self.address)
+        info = self.local.up() if start else self.local.info()
+        return info.dashboard_url if info else None
+
+    def ray_for(self, url: str) -> RayJobs:
+        if url not in self._ray:
+            self._ray[url] = RayJobs(url)
+        return self._ray[url]
+
+    def _is_local_url(self, url: str | None) -> bool:
+        return url is not None and is_loopback(url)
+
+    # ---- submit ----------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobRecord:
+        """Validate everything that can fail before writing anything, then record, store the spec, queue."""
+        base = open_store(spec.storage_uri(default_storage_uri()))
+        base.check()
+        url = self.cluster_url(start=True)
+        assert url is not None
+        totals = cluster_totals(url)
+        need_cpu = spec.scaling.num_workers * spec.scaling.cpus_per_worker
+        need_gpu = spec.scaling.num_workers * spec.scaling.worker_gpus
+        if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:
+            raise OrchError(
+                f"Job '{spec.name}' needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({spec.scaling.num_workers} workers), "
+                f"but the whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so it could never "
+                "start. Lower scaling.num_workers / scaling.cpus_per_worker, or use a bigger cluster (--address)."
+            )
+        if spec.secret_env() and not self.is_local:
+            raise OrchError(
+                f"env: {', '.join(sorted(spec.secret_env()))} look like secrets, and a remote cluster's job "
+                "settings are readable by anyone with dashboard access. Configure them on the cluster's nodes "
+                "(instance role, Kubernetes secret) and remove them from the spec."
+            )
+        job_id = new_job_id(spec.name)
+        job_store = base.child(f"jobs/{job_id}")
+        job_store.put_bytes("spec.yaml", yaml.safe_dump(spec.redacted(), sort_keys=False).encode())
+        rec = JobRecord(id=job_id, name=spec.name, state=JobState.QUEUED, storage_uri=job_store.uri,
+                        spec=spec.redacted(), ray_address=url, cpus=need_cpu, gpus=need_gpu)
+        self.db.insert(rec)
+        if self.is_local:  # written now: the job may be launched later by the background scheduler
+            write_secrets_file(self.secrets_dir, job_id, spec.secret_env())
+        self.tick()
+        return self.db.get(job_id)
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    # ---- the scheduling loop ------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Reconcile active jobs, then start queued ones that fit, per cluster, oldest first."""
+        for rec in self.db.list(states=ACTIVE_STATES, kind="job"):
+            self.reconcile(rec)
+        queued = self.db.list(states=[JobState.QUEUED], kind="job")
+        for url in dict.fromkeys(rec.ray_address for rec in queued):
+            try:
+                self._launch_fitting(url, [r for r in queued if r.ray_address == url])
+            except ClusterUnavailable:
+                continue  # that cluster is down for now; its jobs stay queued
+
+    def _launch_fitting(self, url: str, queued: list[JobRecord]) -> None:
+        free = cluster_totals(url)
+        for rec in self.db.list(states=ACTIVE_STATES):
+            if rec.ray_address == url:
+                free["CPU"] -= rec.cpus
+                free["GPU"] -= rec.gpus
+        for rec in queued:
+            if rec.cpus > free["CPU"] + 1e-9 or rec.gpus > free["GPU"] + 1e-9:
+                break  # strict FIFO: a big job is not starved by small ones behind it
+            if self.launch(rec):
+                free["CPU"] -= rec.cpus
+                free["GPU"] -= rec.gpus
+
+    def launch(self, rec: JobRecord) -> bool:
+        submissions = rec.submissions + 1
+        if not self.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
+                                  started_at=utc_now(), message=""):
+            return False  # another orch process launched it first
+        rec = self.db.get(rec.id)
+        spec = parse_spec(rec.spec, source=f"job {rec.id} spec")
+        secrets_file = self.secrets_dir / f"{rec.id}.env"
+        runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
+                                      {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
+                                      spec.working_dir)
+        local = self._is_local_url(rec.ray_address)
+        try:
+            self.ray_for(rec.ray_address).submit(ray_submission_id(rec), driver_entrypoint(rec.id, rec.storage_uri, local),
+                       runtime_env, metadata={"orch_job_id": rec.id, "orch_name": rec.name})
+        except OrchError as exc:
+            self.db.transition(rec.id, JobState.STARTING, JobState.FAILED, finished_at=utc_now(), message=str(exc))
+            return False
+        return True
+
+    def reconcile(self, rec: JobRecord) -> JobRecord:
+        """Bring one active record in line with Ray (state) and storage (metrics, attempts, result)."""
+        local = self._is_local_url(rec.ray_address)
+        try:
+            status, ray_message = self.ray_for(rec.ray_address).status(ray_submission_id(rec))
+        except (ClusterUnavailable, ConnectionError, RuntimeError):
+            if not local:
+                return rec  # a remote cluster may be back later; do not guess
+            status, ray_message = None, "the local Ray cluster it ran on has stopped"
+        job_store = open_store(rec.storage_uri)
+        metrics = read_metrics(job_store)
+        updates = {"attempts": count_attempts(job_store)}
+        if metrics:
+            updates["metrics_json"] = latest_metrics(metrics)
+        self.db.update(rec.id, **updates)
+        target = self._target_state(rec, status)
+        if target is None or target == rec.state:
+            return self.db.get(rec.id)
+        result = read_result(job_store) if target.terminal else None
+        message = ""
+        if target == JobState.SUCCEEDED and (result is None or result.get("status") != "SUCCEEDED"):
+            target, message = JobState.FAILED, "the driver exited without writing a successful result.json"
+        elif target == JobState.FAILED:
+            message = (result or {}).get("reason") or ray_message or "lost by Ray (was the cluster restarted?)"
+        elif target == JobState.CANCELLED:
+            message = "cancelled by user"
+        fields = {"message": message}
+        if target.terminal:
+            fields["finished_at"] = utc_now()
+        if target == JobState.SUCCEEDED:  # kept otherwise: `orch resume` needs them again
+            (self.secrets_dir / f"{rec.id}.env").unlink(missing_ok=True)
+        if target == JobState.RUNNING and rec.state == JobState.STARTING:
+            self.db.transition(rec.id, rec.state, target, **fields)
+        elif target.terminal:
+            self.db.transition(rec.id, rec.state, target, **fields)
+        return self.db.get(rec.id)
+
+    @staticmethod
+    def _target_state(rec: JobRecord, ray_status: str | None) -> JobState | None:
+        if ray_status is None:
+            return JobState.FAILED
+        if ray_status == "STOPPED":
+            return JobState.CANCELLED if rec.cancel_requested else JobState.FAILED
+        return {"PENDING": JobState.STARTING, "RUNNING": JobState.RUNNING, "SUCCEEDED": JobState.SUCCEEDED,
+                "FAILED": JobState.FAILED}.get(ray_status)
+
+    # ---- user actions ----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        rec = self.db.get(job_id)
+        return self.reconcile(rec) if rec.state in ACTIVE_STATES else rec
+
+    def cancel(self, job_id: str) -> JobRecord:
+        rec = self.db.get(job_id)
+        if rec.state.terminal:
+            raise OrchError(f"Job {job_id} is already {rec.state.value}; nothing to cancel.")
+        self.db.update(job_id, cancel_requested=True)
+        if rec.state == JobState.QUEUED:
+            self.db.transition(job_id, JobState.QUEUED, JobState.CANCELLED, finished_at=utc_now(),
+                               message="cancelled by user before it started")
+            return self.db.get(job_id)
+        self.ray_for(rec.ray_address).stop(ray_submission_id(rec))
+        return self.wait(job_id, timeout_s=60, poll_s=0.25)
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Queue a FAILED or CANCELLED job again; its workers continue from the newest verified checkpoint."""
+        rec = self.db.get(job_id)
+        if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise OrchError(f"Job {job_id} is {rec.state.value}; only FAILED or CANCELLED jobs can be resumed.")
+        open_store(rec.storage_uri).delete("result.json")
+        self.db.update(job_id, cancel_requested=False)
+        url = self.cluster_url(start=True)
+        if self.is_local and not (self.secrets_dir / f"{job_id}.env").exists():
+            write_secrets_file(self.secrets_dir, job_id, {})
+        self.db.update(job_id, ray_address=url)
+        self.db.transition(job_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
+        self.tick()
+        return self.db.get(job_id)
+
+    def wait(self, job_id: str, timeout_s: float | None = None, poll_s: float = 1.0,
+             on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            self.tick()
+            rec = self.db.get(job_id)
+            if on_update is not None:
+                on_update(rec)
+            if rec.state.terminal or (deadline is not None and time.monotonic() > deadline):
+                return rec
+            time.sleep(poll_s)
+
+    def list(self) -> list[JobRecord]:
+        try:
+            self.tick()
+        except ClusterUnavailable:
+            pass  # listing must work even when the cluster is down
+        return self.db.list()
+
+
+def latest_metrics(rows: list[dict]) -> dict:
+    """The newest value of every metric (eval metrics are reported less often than loss)."""
+    merged: dict = {}
+    for row in rows:
+        merged.update({k: v for k, v in row.items() if v is not None})
+    return merged

@@ -1,0 +1,52 @@
+"""Live terminal progress for `--wait`: state, step, loss, throughput, redrawn in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from orchestrator.store import JobRecord
+
+
+def progress_line(rec: JobRecord) -> Text:
+    m = rec.metrics
+    total = rec.spec.get("train", {}).get("steps")
+    parts = [f"{rec.id}  {rec.state.value}"]
+    if "step" in m:
+        step = int(m["step"])
+        bar = ""
+        if total:
+            filled = int(20 * min(step, total) / total)
+            bar = " [" + "#" * filled + "." * (20 - filled) + "]"
+        parts.append(f"step {step}/{total}{bar}")
+    for key, label in (("loss", "loss"), ("eval_loss", "eval"), ("eval_accuracy", "acc"),
+                       ("tokens_per_s", "tok/s"), ("samples_per_s", "samples/s")):
+        if key in m:
+            parts.append(f"{label} {m[key]:.4g}")
+    if rec.attempts > 1:
+        parts.append(f"attempt {rec.attempts}")
+    return Text("  ".join(parts))
+
+
+def follow_job(manager: Any, job_id: str, console: Console) -> JobRecord:
+    """Poll until the job ends: a live line on a terminal, a new line per change otherwise (logs, CI)."""
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=4) as live:
+            rec = manager.wait(job_id, on_update=lambda r: live.update(progress_line(r)))
+    else:
+        last: list[str] = [""]
+
+        def show(r: JobRecord) -> None:
+            line = progress_line(r).plain
+            if line != last[0]:
+                console.print(line)
+                last[0] = line
+
+        rec = manager.wait(job_id, on_update=show)
+    style = "green" if rec.state.value == "SUCCEEDED" else "red"
+    console.print(f"[{style}]{rec.state.value}[/]" + (f": {escape(rec.message)}" if rec.message else ""))
+    return rec

@@ -1,0 +1,279 @@
+"""Job specs: YAML in, validated typed objects out, one clear error per mistake.
+
+Every section is a small frozen pydantic model that forbids unknown fields. The workload's own
+`model` and `data` sections are validated by the workload's config classes (see `jobs/__init__.py`),
+so a typo such as `model.n_layers` is caught at submit time, not an hour into the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import SpecError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Environment variable names whose values are secrets: forwarded out of band, never stored.
+SECRET_NAME_PATTERN = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY)", re.I)
+REDACTED = "***redacted***"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScalingSpec(_Section):
+    num_workers: int = Field(2, ge=1, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    use_gpu: bool = False
+    # PACK keeps workers together; SPREAD / STRICT_SPREAD put them on different nodes.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    @model_validator(mode="after")
+    def _gpus_match_use_gpu(self) -> ScalingSpec:
+        if self.gpus_per_worker > 0 and not self.use_gpu:
+            raise ValueError("gpus_per_worker > 0 needs use_gpu: true (or set gpus_per_worker: 0)")
+        return self
+
+    @property
+    def worker_gpus(self) -> float:
+        return (self.gpus_per_worker or 1.0) if self.use_gpu else 0.0
+
+
+class DeepSpeedSpec(_Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    # Optional: the global batch. When set it must equal micro_batch_size x grad_accum x num_workers.
+    global_batch_size: int | None = Field(None, ge=1)
+    gradient_clipping: float = Field(1.0, ge=0)
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    activation_checkpointing: bool = False
+    # Raw DeepSpeed config merged over the derived one (expert escape hatch).
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedSpec:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (ZeRO-Offload partitions the optimizer)")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage 3 (only ZeRO-3 partitions parameters)")
+        return self
+
+
+class TrainSpec(_Section):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    eval_every: int = Field(0, ge=0, description="0: evaluate only at the end")
+    eval_batches: int = Field(4, ge=1)
+    report_every: int = Field(10, ge=1, description="steps between metric reports")
+    l1: float = Field(0.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+    input_noise: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) is larger than steps ({self.steps})")
+        return self
+
+
+class CheckpointSpec(_Section):
+    every_steps: int = Field(0, ge=0, description="0: only at the end")
+    at_end: bool = True
+    keep_latest: int = Field(2, ge=0, description="0: keep all")
+    keep_best: int = Field(0, ge=0)
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    async_upload: bool = True
+
+
+class FailureSpec(_Section):
+    max_restarts: int = Field(1, ge=0, le=100)
+
+
+class JobSpec(_Section):
+    name: str
+    workload: str
+    working_dir: str | None = None
+    model: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    storage: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name) or ".." in name:
+            raise ValueError(
+                "must be 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit, without '..' "
+                "(it becomes part of storage keys and Ray job ids)"
+            )
+        return name
+
+    @field_validator("workload")
+    @classmethod
+    def _known_workload(cls, workload: str) -> str:
+        from jobs import BUILTIN_WORKLOADS
+
+        if workload not in BUILTIN_WORKLOADS and not ENTRYPOINT_PATTERN.match(workload):
+            raise ValueError(
+                f"'{workload}' is neither a built-in workload ({', '.join(sorted(BUILTIN_WORKLOADS))}) nor "
+                "'module:function' of your own code"
+            )
+        return workload
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_without_credentials(cls, storage: str | None) -> str | None:
+        if storage is not None and re.match(r"^[a-z0-9]+://[^/]*@", storage):
+            raise ValueError("must not carry credentials; use the standard AWS settings (env, profile) instead")
+        if storage is not None and not re.match(r"^(s3://[a-z0-9][a-z0-9.-]{1,62}[a-z0-9](/.*)?|file:///.*|[^:]+)$",
+                                                storage):
+            raise ValueError("must be s3://bucket/prefix, file:///absolute/path or a local path")
+        return storage
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        from jobs import BUILTIN_WORKLOADS
+
+        workload = BUILTIN_WORKLOADS.get(self.workload)
+        if workload is not None:
+            # Normalise the workload sections so stored specs show every default that was used.
+            object.__setattr__(self, "model", _validate_section("model", workload.model_config, self.model))
+            object.__setattr__(self, "data", _validate_section("data", workload.data_config, self.data))
+        ds = self.deepspeed
+        if ds.global_batch_size is not None:
+            per_step = ds.micro_batch_size * ds.gradient_accumulation_steps * self.scaling.num_workers
+            if ds.global_batch_size != per_step:
+                raise ValueError(
+                    f"deepspeed.global_batch_size ({ds.global_batch_size}) must equal micro_batch_size "
+                    f"({ds.micro_batch_size}) x gradient_accumulation_steps ({ds.gradient_accumulation_steps}) "
+                    f"x scaling.num_workers ({self.scaling.num_workers}) = {per_step}"
+                )
+        if ds.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision fp16 needs a GPU (scaling.use_gpu: true); on CPU use bf16 or fp32")
+        if (self.train.l1 or self.train.l2) and ds.zero_stage == 3:
+            raise ValueError(
+                "train.l1/train.l2 penalties need whole parameters, but zero_stage 3 shards them; use zero_stage "
+                "0-2, or train.weight_decay for decoupled L2"
+            )
+        return self
+
+    def storage_uri(self, default: str) -> str:
+        return self.storage or default
+
+    def redacted(self) -> dict[str, Any]:
+        """The spec as plain data with secret env values replaced: what we store and show."""
+        data = self.model_dump(mode="json")
+        data["env"] = {k: (REDACTED if SECRET_NAME_PATTERN.search(k) else v) for k, v in self.env.items()}
+        return data
+
+    def secret_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.env.items() if SECRET_NAME_PATTERN.search(k)}
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _validate_section(section: str, config_cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return config_cls(**values).model_dump(mode="json")
+    except ValidationError as exc:
+        # Re-raise with the section prefixed so the message names e.g. 'model.n_layer'.
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in (section, *first["loc"]))
+        raise ValueError(f"{loc}: {first['msg']}") from None
+
+
+def load_spec_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
+    """Read a YAML spec, apply `--set key=value` overrides and validate it."""
+    return parse_spec(read_yaml_mapping(path), overrides, source=str(path))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"Spec file '{path}' does not exist. Check the path (example specs are in jobs/examples/).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"Spec file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}. "
+                        "Fix the syntax (indentation, quotes, colons) and submit again.") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"Spec file '{path}' is not UTF-8 text. Save it as UTF-8 YAML.") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"Spec file '{path}' must hold a YAML mapping (name: ..., workload: ...), "
+                        f"not {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`--set a.b.c=value`: value parsed as a YAML scalar/flow value, path created as needed."""
+    data = json.loads(json.dumps(data, default=str))  # deep copy; YAML dates etc. become strings
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SpecError(f"--set '{item}' must look like key.path=value (for example scaling.num_workers=2).")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set '{item}': '{part}' is not a section, so '{key}' cannot be set.")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse_spec(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "spec") -> JobSpec:
+    data = apply_overrides(data, overrides)
+    try:
+        return JobSpec(**data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source)) from None
+    except TypeError as exc:  # e.g. a non-string key at the top level
+        raise SpecError(f"{source}: {exc}. Use 'field: value' pairs with string keys.") from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "is not a known field; remove it or check its spelling (see jobs/examples/ for valid specs)"
+        elif err["type"] == "missing":
+            msg = "is required; add it to the spec"
+        elif "input" in err and loc.split(".")[0] != "env" and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        # A cross-field error already names its fields; a field error gets the field name first.
+        lines.append(f"field '{loc}': {msg}" if loc else msg)
+    return f"{source} is invalid: " + "; ".join(lines) + "."
