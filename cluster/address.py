@@ -85,3 +85,10 @@ def cluster_totals(url: str) -> dict[str, float]:
 
 def check_reachable(url: str) -> None:
     _get_json(f"{url}/api/version", timeout=5.0)
+
+
+def cluster_usage(url: str) -> dict[str, tuple[float, float]]:
+    """{resource: (used, total)} as Ray's autoscaler reports it, e.g. {"CPU": (2.0, 2.0)}."""
+    payload = _get_json(f"{url}/api/cluster_status", timeout=10.0)
+    usage = payload["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+    return {key: (float(used), float(total)) for key, (used, total) in usage.items()}

@@ -113,6 +113,20 @@ def restore_candidates(store: ObjectStore) -> list[int]:
     return steps
 
 
+def discard_after(store: ObjectStore, step: int) -> list[int]:
+    """Delete every step dir newer than the restored step (manifest first), before training goes on.
+
+    They are from a lost attempt: uncommitted leftovers whose stale rank parts a re-save of the same
+    step could otherwise pick up, or committed ones that failed verification. Retention would also
+    take them for garbage while this attempt's saves of those steps are still uploading.
+    """
+    discarded = [info.step for info in checkpoints.list_checkpoints(store) if info.step > step]
+    for stale in discarded:
+        store.delete(checkpoints.manifest_key(stale))
+        store.delete_prefix(checkpoints.step_prefix(stale) + "/")
+    return discarded
+
+
 def download_for_load(store: ObjectStore, step: int, local_root: Path, rank: int) -> Path | None:
     """Fetch a checkpoint (hash-checked) into a rank-private dir laid out as DeepSpeed expects."""
     root = local_root / f"restore-rank-{rank}"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from orchestrator.checkpoint_io import CheckpointWriter, download_for_load, restore_candidates, step_tag
+from orchestrator.checkpoint_io import CheckpointWriter, discard_after, download_for_load, restore_candidates, step_tag
 from orchestrator.deepspeed_config import build_deepspeed_config
 from orchestrator.launch import load_secrets_file
 from orchestrator.metrics_log import MetricsLog
@@ -100,7 +100,19 @@ class WorkerContext:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=build_deepspeed_config(self.spec, self.world_size),
         )
+        self._write_shard_stats(model)
         return self.engine
+
+    def _write_shard_stats(self, model: torch.nn.Module) -> None:
+        """What this rank actually holds: shows ZeRO-3's ~1/N parameter sharding, feeds estimator checks."""
+        params = list(model.parameters())
+        # Under ZeRO-3 a parameter's own tensor is empty outside forward; ds_tensor is this rank's shard.
+        local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+        total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+        self.store.put_bytes(f"workers/rank-{self.rank:05d}.json", _json({
+            "rank": self.rank, "world_size": self.world_size, "zero_stage": self.spec.deepspeed.zero_stage,
+            "params_total": total, "params_local": local,
+        }))
 
     def lr_multiplier(self, step: int) -> float:
         """Linear warmup, then constant / cosine / linear decay to min_lr_ratio at the last step."""
@@ -147,6 +159,7 @@ class WorkerContext:
                 break
         self.metrics.resume_from(restored_step)
         if self.rank == 0:
+            discard_after(self.store, restored_step)
             attempt = len(self.store.list("attempts/")) + 1
             self.store.put_bytes(f"attempts/attempt-{attempt:04d}.json", _json(
                 {"attempt": attempt, "started_at": utc_now(), "restored_step": restored_step}))
@@ -181,7 +194,7 @@ class WorkerContext:
     def after_step(self, engine: Any, step: int, metrics: dict[str, float]) -> None:
         """Report metrics and checkpoint as the spec says. Collective: every rank calls it every step."""
         self._window.add(metrics)
-        reporting = step % self.spec.train.report_every == 0 or "eval_loss" in metrics
+        reporting = step == 1 or step % self.spec.train.report_every == 0 or "eval_loss" in metrics
         ckpt = self.spec.checkpoint
         checkpointing = ckpt.every_steps > 0 and step % ckpt.every_steps == 0
         if not (reporting or checkpointing):
@@ -191,9 +204,17 @@ class WorkerContext:
         row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
         row["time"] = utc_now()
         self.metrics.add(row, flush=True)
+        self._report_to_ray(row)
         if checkpointing:
             self.save(engine, step, row)
         self._window.reset()  # the save stall is not training throughput
+
+    @staticmethod
+    def _report_to_ray(row: dict[str, Any]) -> None:
+        """Ray Train (and Ray Tune's schedulers, through it) see the same rows; every rank must call this."""
+        import ray.train
+
+        ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
     def save(self, engine: Any, step: int, metrics: dict[str, Any]) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

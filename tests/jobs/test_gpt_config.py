@@ -52,7 +52,7 @@ def test_token_file_paths(path):
         {},
         {"tie_embeddings": False},
         {"bias": False},
-        {"n_layer": 3, "n_head": 2, "d_model": 48, "seq_len": 32, "vocab_size": 1000, "tie_embeddings": False},
+        {"n_layer": 3, "n_head": 2, "d_model": 48, "seq_len": 32, "vocab_size": 999, "tie_embeddings": False},
         {"n_layer": 1, "n_head": 1, "d_model": 8, "seq_len": 7, "vocab_size": 11, "bias": False},
     ],
 )

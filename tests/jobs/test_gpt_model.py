@@ -92,7 +92,7 @@ def test_input_noise_applies_in_training_only(model):
 
 def test_generate_appends_the_requested_tokens(model):
     prompt = tokens(2, 5)
-    out = generate(model, prompt, max_new_tokens=7, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    out = generate(model, prompt, max_new_tokens=7, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 12) and out.dtype == torch.int64
     assert torch.equal(out[:, :5], prompt)
     assert model.training  # generation restores the caller's mode
