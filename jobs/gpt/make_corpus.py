@@ -8,6 +8,7 @@ module list, members visited in sorted order, and repeated docstrings (inherited
 import importlib
 import inspect
 from pathlib import Path
+from types import ModuleType
 
 CORPUS_PATH = Path(__file__).parent / "corpus" / "corpus.txt"
 
@@ -27,7 +28,7 @@ MODULES = sorted(
 )
 
 
-def _documented(module: object) -> list[tuple[str, object]]:
+def _documented(module: ModuleType) -> list[tuple[str, object]]:
     """The module, then its public classes (with their public methods) and functions, in sorted order."""
     out = [(module.__name__, module)]
     for name, obj in sorted(vars(module).items()):

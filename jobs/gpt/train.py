@@ -1,5 +1,9 @@
 """Per-worker GPT pretraining loop, run by the orchestrator on every Ray Train worker."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 from jobs.dist import mean_across_ranks
@@ -7,9 +11,16 @@ from jobs.gpt.config import GPTDataConfig, GPTModelConfig
 from jobs.gpt.data import TokenDataset, load_tokens
 from jobs.gpt.model import GPT
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from orchestrator.worker import WorkerContext
+
 
 @torch.no_grad()
-def evaluate(ctx, engine, dataset: TokenDataset, seq_len: int, step: int) -> dict[str, float]:
+def evaluate(
+    ctx: WorkerContext, engine: DeepSpeedEngine, dataset: TokenDataset, seq_len: int, step: int
+) -> dict[str, float]:
     """Mean val loss over eval_batches batches per rank, averaged across ranks."""
     engine.eval()
     generator = ctx.generator(step, split="val")
@@ -23,7 +34,7 @@ def evaluate(ctx, engine, dataset: TokenDataset, seq_len: int, step: int) -> dic
     return mean_across_ranks({"eval_loss": total / ctx.spec.train.eval_batches}, ctx.device)
 
 
-def train(ctx) -> dict:
+def train(ctx: WorkerContext) -> dict[str, float]:
     model_cfg = GPTModelConfig(**ctx.spec.model)
     data_cfg = GPTDataConfig(**ctx.spec.data)
     train_cfg, ds_cfg = ctx.spec.train, ctx.spec.deepspeed

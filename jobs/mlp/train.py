@@ -1,5 +1,9 @@
 """Per-worker MLP training loop on the digits data, run by the orchestrator on every Ray Train worker."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 
 from jobs.dist import mean_across_ranks
@@ -7,9 +11,16 @@ from jobs.mlp.config import MLPDataConfig, MLPModelConfig
 from jobs.mlp.data import DigitsDataset
 from jobs.mlp.model import MLP
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+    from orchestrator.worker import WorkerContext
+
 
 @torch.no_grad()
-def evaluate(ctx, engine, dataset: DigitsDataset, step: int) -> dict[str, float]:
+def evaluate(
+    ctx: WorkerContext, engine: DeepSpeedEngine, dataset: DigitsDataset, step: int
+) -> dict[str, float]:
     """Mean val loss and accuracy over eval_batches batches per rank, averaged across ranks."""
     engine.eval()
     generator = ctx.generator(step, split="val")
@@ -26,7 +37,7 @@ def evaluate(ctx, engine, dataset: DigitsDataset, step: int) -> dict[str, float]
     return mean_across_ranks({"eval_loss": loss / n, "eval_accuracy": correct / n}, ctx.device)
 
 
-def train(ctx) -> dict:
+def train(ctx: WorkerContext) -> dict[str, float]:
     model_cfg = MLPModelConfig(**ctx.spec.model)
     dataset = DigitsDataset(MLPDataConfig(**ctx.spec.data))
     train_cfg, ds_cfg = ctx.spec.train, ctx.spec.deepspeed

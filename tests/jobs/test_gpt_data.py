@@ -18,7 +18,7 @@ def test_encode_decode_round_trip():
 def test_built_in_corpus_ships_with_the_repo():
     assert 500_000 <= CORPUS_PATH.stat().st_size <= 2_000_000
     CORPUS_PATH.read_text(encoding="utf-8")  # real text: valid UTF-8
-    tokens = load_tokens(GPTDataConfig(), vocab_size=256, read_bytes=None)
+    tokens = load_tokens(GPTDataConfig(), vocab_size=256, read_bytes=fake_storage({}))
     assert tokens.max() < 256 and len(tokens) == CORPUS_PATH.stat().st_size
 
 
@@ -53,7 +53,7 @@ def test_token_ids_must_fit_the_vocabulary():
     with pytest.raises(ValueError, match=r"data\.path t\.bin.*model\.vocab_size=256"):
         load_tokens(GPTDataConfig(path="t.bin"), vocab_size=256, read_bytes=read)
     with pytest.raises(ValueError, match=r"built-in.*model\.vocab_size=100"):
-        load_tokens(GPTDataConfig(), vocab_size=100, read_bytes=None)
+        load_tokens(GPTDataConfig(), vocab_size=100, read_bytes=fake_storage({}))
 
 
 @pytest.mark.parametrize(

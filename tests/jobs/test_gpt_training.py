@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import torch
 
@@ -12,7 +13,8 @@ EVAL_LOSS_BELOW = 3.15
 
 def test_a_few_hundred_adamw_steps_learn_the_corpus():
     cfg = GPTModelConfig()
-    dataset = TokenDataset(load_tokens(GPTDataConfig(), cfg.vocab_size, read_bytes=None), val_fraction=0.1)
+    tokens = load_tokens(GPTDataConfig(), cfg.vocab_size, read_bytes=lambda uri: Path(uri).read_bytes())
+    dataset = TokenDataset(tokens, val_fraction=0.1)
     torch.manual_seed(0)
     model = GPT(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-3)
