@@ -40,8 +40,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec, args.set or [])
     manager = _manager(args)
     rec = manager.submit(spec)
+    _ensure_scheduler(manager)  # keeps the queue moving even if this process is killed while waiting
     if not args.wait:
-        _ensure_scheduler(manager)
         err.print(f"Submitted {rec.id} ({rec.state.value}). Follow it with: orch status {rec.id}")
         print(rec.id)
         return 0
@@ -104,8 +104,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     manager = _manager(args)
     rec = manager.resume(args.job)
+    _ensure_scheduler(manager)
     if not args.wait:
-        _ensure_scheduler(manager)
         err.print(f"Resumed {rec.id} ({rec.state.value}); it continues from its newest verified checkpoint.")
         print(rec.id)
         return 0

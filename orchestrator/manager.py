@@ -191,6 +191,14 @@ class JobManager:
         message = ""
         if target == JobState.SUCCEEDED and (result is None or result.get("status") != "SUCCEEDED"):
             target, message = JobState.FAILED, "the driver exited without writing a successful result.json"
+        elif target == JobState.FAILED and result is None and self._may_resubmit(rec):
+            # No verdict from the driver: it (or its cluster) died, not the training. Run it again; the
+            # workers continue from the newest verified checkpoint, so nothing is lost and nothing runs twice.
+            restarts = self._max_restarts(rec)
+            self.db.transition(rec.id, rec.state, JobState.QUEUED, message=(
+                f"driver lost ({ray_message or 'no verdict written'}); resubmitted "
+                f"({rec.submissions}/{restarts} restarts used)"))
+            return self.db.get(rec.id)
         elif target == JobState.FAILED:
             message = (result or {}).get("reason") or ray_message or "lost by Ray (was the cluster restarted?)"
         elif target == JobState.CANCELLED:
@@ -205,6 +213,13 @@ class JobManager:
         elif target.terminal:
             self.db.transition(rec.id, rec.state, target, **fields)
         return self.db.get(rec.id)
+
+    @staticmethod
+    def _max_restarts(rec: JobRecord) -> int:
+        return int(rec.spec.get("failure", {}).get("max_restarts", 0))
+
+    def _may_resubmit(self, rec: JobRecord) -> bool:
+        return not rec.cancel_requested and rec.submissions <= self._max_restarts(rec)
 
     @staticmethod
     def _target_state(rec: JobRecord, ray_status: str | None) -> JobState | None:

@@ -11,8 +11,10 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -111,7 +113,7 @@ class WorkerContext:
         total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
         self.store.put_bytes(f"workers/rank-{self.rank:05d}.json", _json({
             "rank": self.rank, "world_size": self.world_size, "zero_stage": self.spec.deepspeed.zero_stage,
-            "params_total": total, "params_local": local,
+            "params_total": total, "params_local": local, "pid": os.getpid(), "hostname": socket.gethostname(),
         }))
 
     def lr_multiplier(self, step: int) -> float:
@@ -139,7 +141,7 @@ class WorkerContext:
     def all_reduce_mean(self, value: float) -> float:
         if not dist.is_initialized() or self.world_size == 1:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces only GPU tensors
         dist.all_reduce(tensor)
         return tensor.item() / self.world_size
 

@@ -72,4 +72,5 @@ def train(ctx: WorkerContext) -> dict[str, float]:
     # run found nothing left to do.
     if evaluated_at != train_cfg.steps:
         evals = evaluate(ctx, engine, dataset, train_cfg.steps)
-    return ctx.finish({"final_loss": loss, **evals})
+    # Averaged across ranks like the loss after_step reports, so the final number matches the last report.
+    return ctx.finish({**mean_across_ranks({"final_loss": loss}, ctx.device), **evals})

@@ -79,3 +79,29 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 def orch(ray_cluster: dict[str, str], tmp_path: Path) -> Orch:
     home = tmp_path / "orch-home"
     return Orch(home=home, env={**ray_cluster, "ORCH_HOME": str(home)})
+
+
+def wait_for(predicate: Any, timeout: float, what: str, poll_s: float = 0.5) -> Any:
+    """Poll until predicate() is truthy (bounded); returns its value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def committed_steps(job_root: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1]) for p in (job_root / "checkpoints").glob("step-*/MANIFEST.json"))
+
+
+def metrics_rows(job_root: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (job_root / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def attempts(job_root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((job_root / "attempts").glob("attempt-*.json"))]
