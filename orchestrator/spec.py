@@ -23,10 +23,15 @@ ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Environment variable names whose values are secrets: forwarded out of band, never stored.
 SECRET_NAME_PATTERN = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY)", re.I)
 REDACTED = "***redacted***"
+# Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
+UNECHOED_FIELDS = ("env", "storage")
+# Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
+RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf/NaN: they are never meaningful here, and JSON (records, results) cannot hold them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ScalingSpec(_Section):
@@ -160,8 +165,8 @@ class JobSpec(_Section):
         workload = BUILTIN_WORKLOADS.get(self.workload)
         if workload is not None:
             # Normalise the workload sections so stored specs show every default that was used.
-            object.__setattr__(self, "model", _validate_section("model", workload.model_config, self.model))
-            object.__setattr__(self, "data", _validate_section("data", workload.data_config, self.data))
+            object.__setattr__(self, "model", _validate_section("model", workload, workload.model_config, self.model))
+            object.__setattr__(self, "data", _validate_section("data", workload, workload.data_config, self.data))
         ds = self.deepspeed
         if ds.global_batch_size is not None:
             per_step = ds.micro_batch_size * ds.gradient_accumulation_steps * self.scaling.num_workers
@@ -178,6 +183,7 @@ class JobSpec(_Section):
                 "train.l1/train.l2 penalties need whole parameters, but zero_stage 3 shards them; use zero_stage "
                 "0-2, or train.weight_decay for decoupled L2"
             )
+        _check_raw_deepspeed(self)
         return self
 
     def storage_uri(self, default: str) -> str:
@@ -197,14 +203,43 @@ class JobSpec(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _validate_section(section: str, config_cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+def _validate_section(section: str, workload: Any, config_cls: type[BaseModel], values: dict[str, Any]
+                      ) -> dict[str, Any]:
     try:
-        return config_cls(**values).model_dump(mode="json")
+        return config_cls.model_validate(values).model_dump(mode="json")
     except ValidationError as exc:
         # Re-raise with the section prefixed so the message names e.g. 'model.n_layer'.
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in (section, *first["loc"]))
-        raise ValueError(f"{loc}: {first['msg']}") from None
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(config_cls.model_fields)
+            msg = (f"is not a known field of the {workload.name} workload's {section} section; remove it or check "
+                   f"its spelling (known fields: {known})")
+        elif first["type"] == "missing":
+            msg = "is required; add it to the spec"
+        else:
+            msg = first["msg"].removeprefix("Value error, ")
+            if not isinstance(first.get("input"), (dict, list)):
+                msg += f" (got {first.get('input')!r})"
+        raise ValueError(f"field '{loc}': {msg}") from None
+
+
+def _check_raw_deepspeed(spec: JobSpec) -> None:
+    """DeepSpeed asserts on a bad raw `deepspeed.config` deep inside the workers; refuse it at submit time."""
+    from orchestrator.deepspeed_config import build_deepspeed_config  # it imports this module
+
+    raw = spec.deepspeed.config
+    for section in RAW_DEEPSPEED_SECTIONS:
+        if section in raw and not isinstance(raw[section], dict):
+            raise ValueError(f"deepspeed.config.{section} must be a mapping (got {raw[section]!r}); write it as "
+                             f"{section}: {{...}}, or remove it and use the deepspeed.* fields")
+    try:
+        merged = build_deepspeed_config(spec)
+    except SpecError as exc:
+        raise ValueError(str(exc).rstrip(".")) from None
+    if merged["fp16"].get("enabled") and not spec.scaling.use_gpu:
+        raise ValueError("deepspeed.config.fp16.enabled needs a GPU (scaling.use_gpu: true); on CPU remove it and "
+                         "use deepspeed.precision bf16 or fp32")
 
 
 def load_spec_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobSpec:
@@ -217,30 +252,45 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"Spec file '{path}' does not exist. Check the path (example specs are in jobs/examples/).")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"Spec file '{path}' cannot be read ({exc.strerror}). Check its permissions.") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"Spec file '{path}' is not UTF-8 text. Save it as UTF-8 YAML.") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SpecError(f"Spec file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}. "
                         "Fix the syntax (indentation, quotes, colons) and submit again.") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"Spec file '{path}' is not UTF-8 text. Save it as UTF-8 YAML.") from None
+    except RecursionError:
+        raise SpecError(f"Spec file '{path}' is nested too deeply to be a job spec. Check its structure.") from None
     if not isinstance(data, dict):
-        raise SpecError(f"Spec file '{path}' must hold a YAML mapping (name: ..., workload: ...), "
-                        f"not {type(data).__name__}.")
+        found = "is empty" if data is None else f"holds a {type(data).__name__}"
+        raise SpecError(f"Spec file '{path}' {found}; it must hold a YAML mapping (name: ..., workload: ...). "
+                        "See jobs/examples/ for valid specs.")
     return data
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """`--set a.b.c=value`: value parsed as a YAML scalar/flow value, path created as needed."""
-    data = json.loads(json.dumps(data, default=str))  # deep copy; YAML dates etc. become strings
+    if not isinstance(data, dict):
+        raise SpecError(f"A job spec must be a mapping (name: ..., workload: ...), not {type(data).__name__}.")
+    try:
+        data = json.loads(json.dumps(data, default=str))  # deep copy; YAML dates etc. become strings
+    except TypeError:  # a key JSON cannot hold, e.g. a YAML date used as a key
+        raise SpecError("A job spec's keys must be field names (strings); check for a key that is a date, a "
+                        "list or a mapping.") from None
+    except (RecursionError, ValueError):
+        raise SpecError("A job spec is nested too deeply (or refers to itself). Check its structure.") from None
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise SpecError(f"--set '{item}' must look like key.path=value (for example scaling.num_workers=2).")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         node = data
         parts = key.split(".")
@@ -272,7 +322,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "is not a known field; remove it or check its spelling (see jobs/examples/ for valid specs)"
         elif err["type"] == "missing":
             msg = "is required; add it to the spec"
-        elif "input" in err and loc.split(".")[0] != "env" and not isinstance(err["input"], (dict, list)):
+        elif "input" in err and loc.split(".")[0] not in UNECHOED_FIELDS and not isinstance(err["input"], (dict, list)):
             msg = f"{msg} (got {err['input']!r})"
         # A cross-field error already names its fields; a field error gets the field name first.
         lines.append(f"field '{loc}': {msg}" if loc else msg)

@@ -178,7 +178,7 @@ class WorkerContext:
     def _all_ranks(self, ok: bool) -> bool:
         if not dist.is_initialized() or self.world_size == 1:
             return ok
-        flag = torch.tensor([1 if ok else 0])
+        flag = torch.tensor([1 if ok else 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
