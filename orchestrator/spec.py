@@ -143,7 +143,7 @@ class JobSpec(_Section):
 
         if workload not in BUILTIN_WORKLOADS and not ENTRYPOINT_PATTERN.match(workload):
             raise ValueError(
-                f"'{workload}' is neither a built-in workload ({', '.join(sorted(BUILTIN_WORKLOADS))}) nor "
+                f"'{_one_line(workload)}' is neither a built-in workload ({', '.join(sorted(BUILTIN_WORKLOADS))}) nor "
                 "'module:function' of your own code"
             )
         return workload
@@ -210,7 +210,7 @@ def _validate_section(section: str, workload: Any, config_cls: type[BaseModel], 
     except ValidationError as exc:
         # Re-raise with the section prefixed so the message names e.g. 'model.n_layer'.
         first = exc.errors()[0]
-        loc = ".".join(str(p) for p in (section, *first["loc"]))
+        loc = _one_line(".".join(str(p) for p in (section, *first["loc"])))
         if first["type"] == "extra_forbidden":
             known = ", ".join(config_cls.model_fields)
             msg = (f"is not a known field of the {workload.name} workload's {section} section; remove it or check "
@@ -287,7 +287,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise SpecError(f"--set '{item}' must look like key.path=value (for example scaling.num_workers=2).")
+            raise SpecError(f"--set '{_one_line(item)}' must look like key.path=value (for example "
+                            "scaling.num_workers=2).")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
@@ -297,7 +298,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise SpecError(f"--set '{item}': '{part}' is not a section, so '{key}' cannot be set.")
+                raise SpecError(f"--set '{_one_line(item)}': '{_one_line(part)}' is not a section, so "
+                                f"'{_one_line(key)}' cannot be set.")
             node = child
         node[parts[-1]] = value
     return data
@@ -316,7 +318,7 @@ def parse_spec(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _one_line(".".join(str(p) for p in err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "is not a known field; remove it or check its spelling (see jobs/examples/ for valid specs)"
@@ -327,3 +329,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         # A cross-field error already names its fields; a field error gets the field name first.
         lines.append(f"field '{loc}': {msg}" if loc else msg)
     return f"{source} is invalid: " + "; ".join(lines) + "."
+
+
+def _one_line(text: str) -> str:
+    """User text inside an error message, with newlines and other control characters escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]

@@ -1,0 +1,75 @@
+"""Storage faults during training: a passing outage is retried through, a lasting one fails the job loudly,
+and no partial checkpoint is ever committed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.e2e.conftest import wait_for
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.e2e
+
+RUN = ("train.steps=100", "train.eval_every=0", "checkpoint.every_steps=10", "checkpoint.keep_latest=0")
+
+
+def _committed(s3, bucket: str, prefix: str) -> list[int]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    return sorted(int(k.split("/step-")[1][:6]) for k in keys if k.endswith("/MANIFEST.json"))
+
+
+@pytest.fixture
+def proxied_s3(s3_server, request):
+    bucket = f"faults-{request.node.name[-20:].lower().replace('_', '-')}"
+    s3_server.make_bucket(bucket)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        yield proxy, bucket, {**s3_server.env, "AWS_ENDPOINT_URL": proxy.url, "ORCH_STORAGE_RETRIES": "6"}
+
+
+def test_passing_outage_is_retried_and_training_continues(orch, s3_server, proxied_s3):
+    proxy, bucket, env = proxied_s3
+    job_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *RUN, f"storage=s3://{bucket}/r", wait=False,
+                            extra_env=env)
+    prefix = f"r/jobs/{job_id}/"
+    s3 = s3_server.client()
+    wait_for(lambda: _committed(s3, bucket, prefix), timeout=300, what="first committed checkpoint")
+    proxy.mode = "error"  # a 3-second outage: every request answers 503
+    time.sleep(3)  # the length of the injected fault, not a synchronisation
+    proxy.mode = "ok"
+    proc = orch.run("status", job_id, "--json", extra_env=env)
+    assert proc.returncode == 0
+    wait_for(lambda: json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)["state"]
+             in ("SUCCEEDED", "FAILED"), timeout=400, what="job end")
+    status = json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)
+    assert status["state"] == "SUCCEEDED", status["message"]
+    assert proxy.faults > 0  # the outage really hit the job's requests
+    assert _committed(s3, bucket, prefix)[-1] == 100
+    verify = orch.run("verify", job_id, extra_env=env)  # every committed checkpoint re-hashes cleanly
+    assert "BAD" not in verify.stdout
+
+
+def test_lasting_outage_fails_the_job_with_a_storage_message_and_commits_nothing_partial(
+        orch, s3_server, proxied_s3):
+    proxy, bucket, env = proxied_s3
+    env = {**env, "ORCH_STORAGE_RETRIES": "1"}
+    job_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *RUN, "failure.max_restarts=0",
+                            f"storage=s3://{bucket}/r", wait=False, extra_env=env)
+    prefix = f"r/jobs/{job_id}/"
+    s3 = s3_server.client()
+    wait_for(lambda: _committed(s3, bucket, prefix), timeout=300, what="first committed checkpoint")
+    proxy.mode = "error"
+    committed_before = _committed(s3, bucket, prefix)
+    wait_for(lambda: json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)["state"]
+             in ("SUCCEEDED", "FAILED"), timeout=400, what="job end")
+    proxy.mode = "ok"
+    status = json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)
+    assert status["state"] == "FAILED"
+    assert "storage" in status["message"].lower() or "upload" in status["message"].lower(), status["message"]
+    # Every manifest that exists lists files that are all there (nothing half-committed).
+    assert _committed(s3, bucket, prefix)[:len(committed_before)] == committed_before
+    verify = orch.run("verify", job_id, extra_env=env)
+    assert "BAD" not in verify.stdout
