@@ -43,7 +43,8 @@ class Orch:
                                  f"stderr:\n{proc.stderr}")
         return proc
 
-    def submit(self, spec: str, *sets: str, wait: bool = True, **kwargs: Any) -> tuple[str, subprocess.CompletedProcess]:
+    def submit(self, spec: str, *sets: str, wait: bool = True,
+               **kwargs: Any) -> tuple[str, subprocess.CompletedProcess[str]]:
         args = ["submit", str(REPO / spec), *[a for s in sets for a in ("--set", s)]]
         proc = self.run(*args, *(["--wait"] if wait else []), **kwargs)
         return proc.stdout.strip().splitlines()[-1], proc

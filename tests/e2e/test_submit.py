@@ -79,7 +79,8 @@ def test_s3_storage_holds_spec_metrics_result_and_both_ranks_shards(orch, s3_ser
                             "checkpoint.every_steps=10", "train.eval_every=10", extra_env=env)
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", [])}
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    keys = {o["Key"] for page in pages for o in page.get("Contents", [])}
     prefix = f"runs/jobs/{job_id}/"
     for name in ("spec.yaml", "metrics.jsonl", "result.json", "checkpoints/step-000020/MANIFEST.json"):
         assert prefix + name in keys
@@ -89,7 +90,18 @@ def test_s3_storage_holds_spec_metrics_result_and_both_ranks_shards(orch, s3_ser
     assert not [k for k in keys if k.endswith("/")]  # no directory markers
     result = json.loads(s3.get_object(Bucket=bucket, Key=prefix + "result.json")["Body"].read())
     assert result["status"] == "SUCCEEDED"
-    assert orch.status(job_id, )["storage_uri"] == f"s3://{bucket}/runs/jobs/{job_id}"
+    assert orch.status(job_id)["storage_uri"] == f"s3://{bucket}/runs/jobs/{job_id}"
+
+    # Every manifest hash matches its object; flipping one byte of one shard makes verify fail, naming it.
+    assert orch.run("verify", job_id, extra_env=env).stdout.count(": OK") == 2
+    victim = f"{prefix}checkpoints/step-000010/zero_pp_rank_1_mp_rank_00_model_states.pt"
+    body = bytearray(s3.get_object(Bucket=bucket, Key=victim)["Body"].read())
+    body[100] ^= 0x01
+    s3.put_object(Bucket=bucket, Key=victim, Body=bytes(body))
+    verify = orch.run("verify", job_id, check=False, extra_env=env)
+    assert verify.returncode == 1
+    bad = [line for line in verify.stdout.splitlines() if "BAD" in line]
+    assert len(bad) == 1 and "step 10" in bad[0] and "zero_pp_rank_1_mp_rank_00_model_states.pt" in bad[0]
 
 
 def test_cancel_running_job_ends_cancelled_and_frees_resources(orch):
