@@ -6,6 +6,9 @@ with DeepSpeed's own consolidation code, on CPU, without starting any distribute
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,12 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
         checkpoints.download_checkpoint(store, step, Path(tmp) / tag)
         names = [p.name for p in (Path(tmp) / tag).iterdir()]
         if any(n.startswith("zero_pp_rank_") for n in names):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+            # DeepSpeed prints its progress to stdout; keep our stdout for the command's own output.
+            with contextlib.redirect_stdout(sys.stderr):
+                state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
         else:  # ZeRO stage 0: rank 0 saved the whole module
             saved = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
                                weights_only=False)

@@ -19,22 +19,23 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def evaluate(
-    ctx: WorkerContext, engine: DeepSpeedEngine, dataset: DigitsDataset, step: int
+    ctx: WorkerContext, engine: DeepSpeedEngine, dataset: DigitsDataset
 ) -> dict[str, float]:
-    """Mean val loss and accuracy over eval_batches batches per rank, averaged across ranks."""
+    """Loss and accuracy over the WHOLE validation split (360 digits by default), so the reported accuracy is
+    exactly what `orch predict` measures on the saved model. Every rank evaluates the same batches: under
+    ZeRO-3 each forward gathers parameters collectively, so all ranks must run the same number of them."""
     engine.eval()
-    generator = ctx.generator(step, split="val")
-    loss = correct = 0.0
-    # Same number of forward passes on every rank: under ZeRO-3 each one gathers parameters collectively.
-    for _ in range(ctx.spec.train.eval_batches):
-        x, y = dataset.batch(generator, ctx.spec.deepspeed.micro_batch_size, "val")
-        y = y.to(ctx.device)
-        logits, batch_loss = engine(x.to(ctx.device, ctx.dtype), y)
-        loss += batch_loss.item()
-        correct += (logits.argmax(dim=-1) == y).float().mean().item()
+    features, labels = dataset.features["val"], dataset.labels["val"]
+    batch = ctx.spec.deepspeed.micro_batch_size
+    loss_sum = correct = 0.0
+    for start in range(0, len(labels), batch):
+        x, y = features[start:start + batch].to(ctx.device, ctx.dtype), labels[start:start + batch].to(ctx.device)
+        logits, batch_loss = engine(x, y)
+        loss_sum += batch_loss.item() * len(y)
+        correct += (logits.argmax(dim=-1) == y).sum().item()
     engine.train()
-    n = ctx.spec.train.eval_batches
-    return mean_across_ranks({"eval_loss": loss / n, "eval_accuracy": correct / n}, ctx.device)
+    n = len(labels)
+    return mean_across_ranks({"eval_loss": loss_sum / n, "eval_accuracy": correct / n}, ctx.device)
 
 
 def train(ctx: WorkerContext) -> dict[str, float]:
@@ -64,13 +65,13 @@ def train(ctx: WorkerContext) -> dict[str, float]:
             loss += micro_loss.item() / accum  # this rank's loss; eval is the cross-rank number
         metrics = {"loss": loss, "lr": lr, "samples": accum * ds_cfg.micro_batch_size}
         if ctx.should_eval(step):
-            evals, evaluated_at = evaluate(ctx, engine, dataset, step), step
+            evals, evaluated_at = evaluate(ctx, engine, dataset), step
             metrics |= evals
         ctx.after_step(engine, step, metrics)
 
     # Report the final model's eval metrics even when the last step fell between eval points, or a resumed
     # run found nothing left to do.
     if evaluated_at != train_cfg.steps:
-        evals = evaluate(ctx, engine, dataset, train_cfg.steps)
+        evals = evaluate(ctx, engine, dataset)
     # Averaged across ranks like the loss after_step reports, so the final number matches the last report.
     return ctx.finish({**mean_across_ranks({"final_loss": loss}, ctx.device), **evals})
