@@ -1,0 +1,63 @@
+"""Run every benchmark and write BENCHMARKS.md:  python -m bench.run [--only NAME ...]
+
+Each figure is a ratio against a baseline measured in the same run, on the same machine. Takes ~15-25 min on
+2 CPUs. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import traceback
+
+from bench import bench_checkpoint, bench_latency, bench_manager, bench_overhead
+from bench.common import REPO, Bench, machine
+
+IN_PROCESS = {
+    "overhead": ("Orchestration overhead (target: orch at 1 worker >= 0.95 of plain DeepSpeed)", bench_overhead.run),
+    "latency": ("Submit-to-first-step latency", bench_latency.run),
+    "checkpoint": ("Checkpoint stall and upload throughput", bench_checkpoint.run),
+    "manager": ("Manager scaling", bench_manager.run),
+}
+# Scripts that print their own markdown table.
+SCRIPTS = {
+    "memory": ("ZeRO memory: measured vs estimator vs the 16/N bytes-per-parameter rule", "bench.bench_memory"),
+    "tuning": ("Tuning efficiency: ASHA vs random search", "bench.bench_tuning"),
+}
+GPU_NOTE = ("Not measured: no GPU was lent to the session that produced this file, and this machine has none. "
+            "`jobs/examples/gpt-gpu.yaml` is the configuration to measure (bf16, ZeRO-1, NCCL, fused AdamW); "
+            "run `python -m bench.run --only overhead` on a GPU node with it to fill this in.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", choices=[*IN_PROCESS, *SCRIPTS])
+    args = parser.parse_args()
+    wanted = args.only or [*IN_PROCESS, *SCRIPTS]
+    sections = []
+    with Bench() as bench:
+        for name in wanted:
+            if name in IN_PROCESS:
+                title, fn = IN_PROCESS[name]
+                try:
+                    body = fn(bench)
+                except Exception:  # one broken benchmark must not lose the others' figures
+                    body = "Failed in this run:\n\n```\n" + traceback.format_exc()[-2000:] + "\n```"
+            else:
+                title, module = SCRIPTS[name]
+                proc = subprocess.run([sys.executable, "-m", module], cwd=REPO, env=bench.env, text=True,
+                                      capture_output=True)
+                failed = f"Failed in this run:\n\n```\n{proc.stderr[-2000:]}\n```"
+                body = proc.stdout.strip() if proc.returncode == 0 else failed
+            print(f"## {title}\n\n{body}\n", flush=True)
+            sections.append(f"## {title}\n\nCommand: `python -m bench.run --only {name}`\n\n{body}\n")
+    header = (f"# Benchmarks\n\nAll figures from `python -m bench.run` on {dt.date.today().isoformat()}.\n\n"
+              f"Machine: {machine()}.\n\n")
+    gpu = f"## GPU: tokens/s and MFU for the GPT job on one H100\n\n{GPU_NOTE}\n"
+    (REPO / "BENCHMARKS.md").write_text(header + "\n".join(sections) + "\n" + gpu)
+
+
+if __name__ == "__main__":
+    main()
