@@ -35,4 +35,4 @@ def test_mlp_digits_trains_and_predicts_from_storage_and_export(orch, tmp_path):
     five = json.loads(orch.run("predict", job_id, "--model", str(model), "--input", str(tmp_path / "five.npy"),
                                "--json").stdout)
     assert five["n"] == 5 and "accuracy" not in five
-    assert sum(p == t for p, t in zip(five["predictions"], load_digits().target[:5])) >= 4
+    assert sum(p == t for p, t in zip(five["predictions"], load_digits().target[:5], strict=True)) >= 4
