@@ -77,12 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the job failed for good: say why in result.json, then exit non-zero
         traceback.print_exc()
         reason = _root_cause(exc)
+        # Printed first: if storage itself is what failed, this line (which Ray keeps with the job) is the verdict.
+        print(f"{VERDICT_PREFIX}{reason}", file=sys.stderr, flush=True)
         store.put_bytes("result.json", json.dumps(summarize(store, "FAILED", reason), indent=2).encode())
-        print(f"orch: job {args.job_id} FAILED: {reason}", file=sys.stderr)
         return 1
     store.put_bytes("result.json", json.dumps(summarize(store, "SUCCEEDED"), indent=2).encode())
     print(f"orch: job {args.job_id} SUCCEEDED")
     return 0
+
+
+VERDICT_PREFIX = "orch: job FAILED: "
+
+
+def verdict_from_logs(text: str) -> str | None:
+    """The driver's own FAILED line, if Ray's job message (which carries the log tail) has one."""
+    lines = [line for line in text.splitlines() if line.startswith(VERDICT_PREFIX)]
+    return lines[-1].removeprefix(VERDICT_PREFIX).strip() if lines else None
 
 
 def _root_cause(exc: BaseException) -> str:

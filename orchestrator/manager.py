@@ -18,6 +18,7 @@ import yaml
 
 from cluster.address import ClusterUnavailable, cluster_totals, dashboard_url, is_loopback
 from cluster.local import LocalCluster
+from orchestrator.driver import verdict_from_logs
 from orchestrator.errors import OrchError
 from orchestrator.launch import RayJobs, driver_entrypoint, job_runtime_env, write_secrets_file
 from orchestrator.settings import db_path, default_storage_uri, orch_home, ray_address_override
@@ -28,7 +29,8 @@ from orchestrator.store import JobRecord, JobStore, utc_now
 
 
 def new_job_id(name: str) -> str:
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    # 4 random bytes: many same-second submits of one spec must not collide (they would share a storage prefix).
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
 def ray_submission_id(rec: JobRecord) -> str:
@@ -99,7 +101,8 @@ class JobManager:
         need_gpu = spec.scaling.num_workers * spec.scaling.worker_gpus
         if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:
             raise OrchError(
-                f"Job '{spec.name}' needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({spec.scaling.num_workers} workers), "
+                f"Job '{spec.name}' needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
+                f"({spec.scaling.num_workers} workers), "
                 f"but the whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so it could never "
                 "start. Lower scaling.num_workers / scaling.cpus_per_worker, or use a bigger cluster (--address)."
             )
@@ -126,8 +129,8 @@ class JobManager:
 
     # ---- the scheduling loop ------------------------------------------------------------------------
     def tick(self) -> None:
-        """Reconcile active jobs, then start queued ones that fit, per cluster, oldest first."""
-        for rec in self.db.list(states=ACTIVE_STATES, kind="job"):
+        """Reconcile active jobs and campaigns, then start queued jobs that fit, per cluster, oldest first."""
+        for rec in self.db.list(states=ACTIVE_STATES):
             self.reconcile(rec)
         queued = self.db.list(states=[JobState.QUEUED], kind="job")
         for url in dict.fromkeys(rec.ray_address for rec in queued):
@@ -162,8 +165,9 @@ class JobManager:
                                       spec.working_dir)
         local = self._is_local_url(rec.ray_address)
         try:
-            self.ray_for(rec.ray_address).submit(ray_submission_id(rec), driver_entrypoint(rec.id, rec.storage_uri, local),
-                       runtime_env, metadata={"orch_job_id": rec.id, "orch_name": rec.name})
+            self.ray_for(rec.ray_address).submit(
+                ray_submission_id(rec), driver_entrypoint(rec.id, rec.storage_uri, local), runtime_env,
+                metadata={"orch_job_id": rec.id, "orch_name": rec.name})
         except OrchError as exc:
             self.db.transition(rec.id, JobState.STARTING, JobState.FAILED, finished_at=utc_now(), message=str(exc))
             return False
@@ -171,6 +175,10 @@ class JobManager:
 
     def reconcile(self, rec: JobRecord) -> JobRecord:
         """Bring one active record in line with Ray (state) and storage (metrics, attempts, result)."""
+        if rec.kind == "campaign":
+            from orchestrator.campaign.manager import reconcile_campaign
+
+            return reconcile_campaign(self, rec)
         local = self._is_local_url(rec.ray_address)
         try:
             status, ray_message = self.ray_for(rec.ray_address).status(ray_submission_id(rec))
@@ -191,6 +199,8 @@ class JobManager:
         message = ""
         if target == JobState.SUCCEEDED and (result is None or result.get("status") != "SUCCEEDED"):
             target, message = JobState.FAILED, "the driver exited without writing a successful result.json"
+        elif target == JobState.FAILED and result is None and verdict_from_logs(ray_message):
+            message = verdict_from_logs(ray_message) or ""  # the driver failed the job but could not store why
         elif target == JobState.FAILED and result is None and self._may_resubmit(rec):
             # No verdict from the driver: it (or its cluster) died, not the training. Run it again; the
             # workers continue from the newest verified checkpoint, so nothing is lost and nothing runs twice.

@@ -137,3 +137,16 @@ def test_spec_is_stored_redacted_and_secrets_file_is_private(manager):
     secrets = manager.secrets_dir / f"{rec.id}.env"
     assert secrets.stat().st_mode & 0o777 == 0o600
     assert json.loads(secrets.read_text())["WANDB_API_KEY"] == "sk-123"
+
+
+def test_driver_verdict_in_ray_logs_is_used_when_storage_could_not_take_it(manager):
+    rec = manager.submit(_spec("nostore", restarts=3))
+    fake = manager._ray[URL]
+    fake.statuses[rec.id] = "FAILED"
+    fake.status = lambda sid: ("FAILED", "Job entrypoint command failed with exit code 1, last available logs:\n"
+                               "Traceback ...\norch: job FAILED: StorageError: 3 checkpoints in a row could not be "
+                               "uploaded\n")
+    manager.tick()
+    final = manager.db.get(rec.id)
+    assert final.state == JobState.FAILED and final.submissions == 1  # a verdict: not resubmitted
+    assert final.message == "StorageError: 3 checkpoints in a row could not be uploaded"
