@@ -48,23 +48,34 @@ def auth_headers() -> dict[str, str]:
 
 
 def _get_json(url: str, timeout: float) -> dict:
+    base = url.split("/api")[0]
+    check_address = "Check the address (--address or ORCH_RAY_ADDRESS; the dashboard port is usually 8265)"
     request = urllib.request.Request(url, headers=auth_headers())
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise ClusterUnavailable(
-                f"The Ray cluster at {url.split('/api')[0]} refused our token (HTTP {exc.code}). Set RAY_AUTH_TOKEN "
+                f"The Ray cluster at {base} refused our token (HTTP {exc.code}). Set RAY_AUTH_TOKEN "
                 "to the cluster's token (see `ray get-auth-token`)."
             ) from None
-        raise ClusterUnavailable(f"The Ray dashboard at {url} answered HTTP {exc.code}.") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ClusterUnavailable(
+            f"{base} answered HTTP {exc.code} to a Ray dashboard request, so it is not a Ray dashboard (or not a "
+            f"compatible Ray version). {check_address}."
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
         reason = getattr(exc, "reason", exc)
         raise ClusterUnavailable(
-            f"Cannot reach the Ray cluster at {url.split('/api')[0]} ({reason}). Check the address "
-            "(--address or ORCH_RAY_ADDRESS; the dashboard port is usually 8265) and that the cluster is up."
+            f"Cannot reach the Ray cluster at {base} ({reason}). {check_address} and that the cluster is up."
         ) from None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ClusterUnavailable(f"{base} answered, but not like a Ray dashboard. {check_address}.")
+    return payload
 
 
 def fetch_nodes(url: str, timeout: float = 10.0) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     spec = load_spec_file(args.spec, args.set or [])
     manager = _manager(args)
-    rec = manager.submit(spec)
+    rec = manager.submit(spec, force=args.force, memory_per_worker_gb=args.memory_per_worker)
     _ensure_scheduler(manager)  # keeps the queue moving even if this process is killed while waiting
     if not args.wait:
         err.print(f"Submitted {rec.id} ({rec.state.value}). Follow it with: orch status {rec.id}")
@@ -68,6 +69,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     rec = _manager(args).get(args.job)
+    if rec.kind == "campaign":
+        from orchestrator.cli_campaigns import show_campaign
+
+        return show_campaign(rec, args.json)
     if args.json:
         print(json.dumps(rec.as_dict(), indent=2))
         return 0
@@ -85,13 +90,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     manager = _manager(args)
     rec = manager.db.get(args.job)
+    if rec.ray_address is None or rec.submissions == 0:  # never ask "any Ray on this machine"
+        raise OrchError(f"Job {rec.id} has no Ray logs: it has not been handed to a Ray cluster we know "
+                        f"({rec.state.value.lower()}). Its metrics and result are in {rec.storage_uri}.")
     ray = manager.ray_for(rec.ray_address)
-    if args.follow:
-        for chunk in ray.follow_logs(ray_submission_id(rec)):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-    else:
-        sys.stdout.write(ray.logs(ray_submission_id(rec)))
+    try:
+        if args.follow:
+            from orchestrator.progress import stream_logs_with_status
+
+            stream_logs_with_status(manager, rec.id, ray.follow_logs(ray_submission_id(rec)), err)
+        else:
+            sys.stdout.write(ray.logs(ray_submission_id(rec)))
+    except RuntimeError:  # Ray's "job does not exist" / HTTP errors
+        raise OrchError(f"The Ray cluster at {rec.ray_address} has no logs for job {rec.id} (it was probably "
+                        f"restarted since the job ran). Its metrics and result are in {rec.storage_uri}.") from None
     return 0
 
 
@@ -103,6 +115,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     manager = _manager(args)
+    if manager.db.get(args.job).kind == "campaign":
+        from orchestrator.cli_campaigns import resume_campaign_cmd
+
+        return resume_campaign_cmd(manager, args)
     rec = manager.resume(args.job)
     _ensure_scheduler(manager)
     if not args.wait:
@@ -168,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (dotted path)")
     p.add_argument("--wait", action="store_true", help="show live progress; exit 0 only if the job SUCCEEDED")
+    p.add_argument("--force", action="store_true", help="submit even if the memory estimate says a worker cannot fit")
+    p.add_argument("--memory-per-worker", type=float, metavar="GiB",
+                   help="memory budget of one worker (default: ORCH_WORKER_MEMORY_GB, else node memory per CPU)")
     p = add("list", cmd_list, "List jobs and campaigns.")
     p.add_argument("--json", action="store_true")
     p = add("status", cmd_status, "Show one job or campaign.")
@@ -185,14 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    from orchestrator.cli_campaigns import register as register_campaigns
     from orchestrator.cli_checkpoints import register
+    from orchestrator.cli_insights import register as register_insights
+    from orchestrator.cli_sync import register as register_sync
 
     register(add)
+    register_campaigns(add)
+    register_sync(add)
+    register_insights(add)
     return parser
+
+
+class _TerminalLog(logging.Handler):
+    """Warnings (storage retries...) as short notes on stderr, so the final error stays the one paragraph."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if record.name == "orchestrator.storage.retry" and isinstance(args, tuple) and len(args) == 5:
+            # (what, delay, attempt, attempts, error): the error itself is printed once, if we give up.
+            text = f"{args[0]} failed; retrying in {args[1]:.1f} s (attempt {args[2]} of {args[3]})"
+        else:
+            text = record.getMessage()
+        err.print(f"[dim]{escape(text)}[/]")
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("orchestrator")
+    if not any(isinstance(h, _TerminalLog) for h in logger.handlers):
+        logger.addHandler(_TerminalLog(logging.WARNING))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     try:
         return args.func(args)
     except OrchError as exc:

@@ -8,6 +8,7 @@ on a remote cluster the nodes' own credentials (instance role, Kubernetes secret
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -58,9 +59,9 @@ def write_secrets_file(directory: Path, job_id: str, secrets: dict[str, str]) ->
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = directory / f"{job_id}.env"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already exists
     with os.fdopen(fd, "w") as fh:
-        for key, value in values.items():
-            fh.write(f"{key}={value}\n")
+        json.dump(values, fh)  # JSON, not KEY=value lines: values may hold newlines (PEM keys) or '='
     return path
 
 
@@ -69,10 +70,7 @@ def load_secrets_file() -> None:
     path = os.environ.get(SECRETS_FILE_ENV)
     if not path or not Path(path).is_file():
         return
-    for line in Path(path).read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key:
-            os.environ[key] = value
+    os.environ.update(json.loads(Path(path).read_text()))
 
 
 def driver_entrypoint(job_id: str, job_store_uri: str, local_cluster: bool) -> str:
@@ -101,7 +99,8 @@ class RayJobs:
                                          "or ORCH_RAY_ADDRESS and that the cluster is up.") from None
         return self._client
 
-    def submit(self, submission_id: str, entrypoint: str, runtime_env: dict[str, Any], metadata: dict[str, str]) -> None:
+    def submit(self, submission_id: str, entrypoint: str, runtime_env: dict[str, Any],
+               metadata: dict[str, str]) -> None:
         try:
             self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                                    runtime_env=runtime_env, metadata=metadata, entrypoint_num_cpus=0)

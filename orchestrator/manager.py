@@ -8,10 +8,13 @@ keeps ticking (see orchestrator/scheduler.py), so the queue drains even if nobod
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -90,8 +93,11 @@ class JobManager:
         return url is not None and is_loopback(url)
 
     # ---- submit ----------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobRecord:
-        """Validate everything that can fail before writing anything, then record, store the spec, queue."""
+    def submit(self, spec: JobSpec, force: bool = False, memory_per_worker_gb: float | None = None) -> JobRecord:
+        """Validate everything that can fail before writing anything, then record, store the spec, queue.
+
+        `force` skips the memory admission check; `memory_per_worker_gb` replaces the budget it derives.
+        """
         base = open_store(spec.storage_uri(default_storage_uri()))
         base.check()
         url = self.cluster_url(start=True)
@@ -106,6 +112,10 @@ class JobManager:
                 f"but the whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so it could never "
                 "start. Lower scaling.num_workers / scaling.cpus_per_worker, or use a bigger cluster (--address)."
             )
+        if not force:
+            from orchestrator.estimate import check_fits_cluster
+
+            check_fits_cluster(spec, url, memory_per_worker_gb)  # a worker that cannot fit its memory never starts
         if spec.secret_env() and not self.is_local:
             raise OrchError(
                 f"env: {', '.join(sorted(spec.secret_env()))} look like secrets, and a remote cluster's job "
@@ -117,9 +127,14 @@ class JobManager:
         job_store.put_bytes("spec.yaml", yaml.safe_dump(spec.redacted(), sort_keys=False).encode())
         rec = JobRecord(id=job_id, name=spec.name, state=JobState.QUEUED, storage_uri=job_store.uri,
                         spec=spec.redacted(), ray_address=url, cpus=need_cpu, gpus=need_gpu)
-        self.db.insert(rec)
-        if self.is_local:  # written now: the job may be launched later by the background scheduler
-            write_secrets_file(self.secrets_dir, job_id, spec.secret_env())
+        # Before the record: once it exists, a background scheduler may launch the job and look for this file.
+        secrets_file = write_secrets_file(self.secrets_dir, job_id, spec.secret_env()) if self.is_local else None
+        try:
+            self.db.insert(rec)
+        except OrchError:
+            if secrets_file is not None:
+                secrets_file.unlink(missing_ok=True)
+            raise
         self.tick()
         return self.db.get(job_id)
 
@@ -132,12 +147,34 @@ class JobManager:
         """Reconcile active jobs and campaigns, then start queued jobs that fit, per cluster, oldest first."""
         for rec in self.db.list(states=ACTIVE_STATES):
             self.reconcile(rec)
-        queued = self.db.list(states=[JobState.QUEUED], kind="job")
-        for url in dict.fromkeys(rec.ray_address for rec in queued):
+        with self._launch_lock() as mine:
+            if not mine:
+                return  # another orch process is launching right now; the scheduler ticks again within a second
+            # Read under the lock: all launches happen under it, so the queue and the free resources agree.
+            queued = self.db.list(states=[JobState.QUEUED], kind="job")
+            for url in dict.fromkeys(rec.ray_address for rec in queued):
+                try:
+                    self._launch_fitting(url, [r for r in queued if r.ray_address == url])
+                except ClusterUnavailable:
+                    continue  # that cluster is down for now; its jobs stay queued
+
+    @contextmanager
+    def _launch_lock(self) -> Iterator[bool]:
+        """One launcher per ORCH_HOME at a time; yields False if another process has it.
+
+        Without it, two processes ticking at once would each count the same free CPUs and start too many jobs.
+        """
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "launch.lock", "w") as fh:
             try:
-                self._launch_fitting(url, [r for r in queued if r.ray_address == url])
-            except ClusterUnavailable:
-                continue  # that cluster is down for now; its jobs stay queued
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _launch_fitting(self, url: str, queued: list[JobRecord]) -> None:
         free = cluster_totals(url)
@@ -153,23 +190,32 @@ class JobManager:
                 free["GPU"] -= rec.gpus
 
     def launch(self, rec: JobRecord) -> bool:
+        """Hand a QUEUED job to Ray, then mark it STARTING. Called under the launch lock.
+
+        Ray gets it first, so anyone who sees STARTING can ask Ray about it. If this process dies in between,
+        the next launch submits the same submission id again, which Ray refuses as a duplicate: never run twice.
+        """
+        rec = self.db.get(rec.id)
+        if rec.state != JobState.QUEUED:
+            return False  # cancelled since the queue was read
         submissions = rec.submissions + 1
+        submission_id = ray_submission_id(replace(rec, submissions=submissions))
+        ray = self.ray_for(rec.ray_address)
+        try:
+            spec = parse_spec(rec.spec, source=f"job {rec.id} spec")
+            secrets_file = self.secrets_dir / f"{rec.id}.env"
+            runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
+                                          {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
+                                          spec.working_dir)
+            ray.submit(submission_id, driver_entrypoint(rec.id, rec.storage_uri, self._is_local_url(rec.ray_address)),
+                       runtime_env, metadata={"orch_job_id": rec.id, "orch_name": rec.name})
+        except OrchError as exc:
+            self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
+                               finished_at=utc_now(), message=str(exc))
+            return False
         if not self.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
                                   started_at=utc_now(), message=""):
-            return False  # another orch process launched it first
-        rec = self.db.get(rec.id)
-        spec = parse_spec(rec.spec, source=f"job {rec.id} spec")
-        secrets_file = self.secrets_dir / f"{rec.id}.env"
-        runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
-                                      {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
-                                      spec.working_dir)
-        local = self._is_local_url(rec.ray_address)
-        try:
-            self.ray_for(rec.ray_address).submit(
-                ray_submission_id(rec), driver_entrypoint(rec.id, rec.storage_uri, local), runtime_env,
-                metadata={"orch_job_id": rec.id, "orch_name": rec.name})
-        except OrchError as exc:
-            self.db.transition(rec.id, JobState.STARTING, JobState.FAILED, finished_at=utc_now(), message=str(exc))
+            ray.stop(submission_id)  # cancelled while Ray was taking it
             return False
         return True
 

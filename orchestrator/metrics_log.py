@@ -1,26 +1,41 @@
-"""metrics.jsonl in storage: one JSON line per report, written by rank 0 only.
+"""metrics.jsonl and TensorBoard event files in storage, written by rank 0 only.
 
 Object stores cannot append, so rank 0 keeps the rows and rewrites the (small) file at each report.
 On resume the rows after the restored step are dropped, so the curve continues where the checkpoint
 left off instead of showing the lost steps twice.
+
+The same numbers go to a TensorBoard event file written locally and uploaded whole to
+`tensorboard/<event file>` at each report (`tensorboard --logdir <job storage>/tensorboard`, or s3://).
+Each attempt writes its own file; a resumed one starts with a purge marker at the restored step, so
+TensorBoard drops the previous attempt's points after it, like metrics.jsonl does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
 from typing import Any
 
 from orchestrator.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 METRICS_KEY = "metrics.jsonl"
+TENSORBOARD_PREFIX = "tensorboard/"
+NOT_SCALARS = {"step", "final", "time"}
 
 
 class MetricsLog:
-    def __init__(self, store: ObjectStore, enabled: bool):
+    def __init__(self, store: ObjectStore, enabled: bool, tensorboard: bool = True):
         self.store, self.enabled = store, enabled
         self.rows: list[dict[str, Any]] = []
+        self._tensorboard = tensorboard and enabled
+        self._writer: Any = None
+        self._purge_step: int | None = None
 
     def resume_from(self, step: int) -> None:
         if not self.enabled:
@@ -31,12 +46,15 @@ class MetricsLog:
             raw = ""
         old = [json.loads(line) for line in raw.splitlines() if line.strip()]
         self.rows = [r for r in old if r.get("step", 0) <= step and not r.get("final")]
+        if old:
+            self._purge_step = step + 1
         self.flush()
 
     def add(self, row: dict[str, Any], flush: bool) -> None:
         if not self.enabled:
             return
         self.rows.append(row)
+        self._add_scalars(row)
         if flush:
             self.flush()
 
@@ -58,3 +76,38 @@ class MetricsLog:
             self.store.put_bytes(METRICS_KEY, body.encode())
         except StorageError as exc:  # metrics are rewritten whole next time; training goes on
             log.warning("metrics not written (will retry at the next report): %s", exc)
+        self._upload_events()
+
+    # ---- TensorBoard -----------------------------------------------------------------------------------
+    def _events_writer(self) -> Any:
+        if self._writer is None and self._tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # tensorboard not installed on the workers: metrics.jsonl still works
+                log.warning("TensorBoard events not written: %s", exc)
+                self._tensorboard = False
+                return None
+            local = Path(tempfile.mkdtemp(prefix="orch-tensorboard-"))
+            weakref.finalize(self, shutil.rmtree, local, True)
+            self._writer = SummaryWriter(log_dir=str(local), purge_step=self._purge_step)
+        return self._writer
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        writer = self._events_writer()
+        if writer is None or "step" not in row:
+            return
+        for key, value in row.items():
+            if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                writer.add_scalar(key, value, global_step=int(row["step"]))
+
+    def _upload_events(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.flush()
+        for path in Path(self._writer.log_dir).glob("events.out.tfevents.*"):
+            try:
+                self.store.put_bytes(TENSORBOARD_PREFIX + path.name, path.read_bytes())
+            except StorageError as exc:  # uploaded whole again at the next report
+                log.warning("TensorBoard events not uploaded (will retry at the next report): %s", exc)

@@ -1,7 +1,10 @@
-"""Live terminal progress for `--wait`: state, step, loss, throughput, redrawn in place."""
+"""Live terminal progress for `--wait` and `logs --follow`: state, step, loss, throughput, redrawn in place."""
 
 from __future__ import annotations
 
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -50,3 +53,33 @@ def follow_job(manager: Any, job_id: str, console: Console) -> JobRecord:
     style = "green" if rec.state.value == "SUCCEEDED" else "red"
     console.print(f"[{style}]{rec.state.value}[/]" + (f": {escape(rec.message)}" if rec.message else ""))
     return rec
+
+
+def stream_logs_with_status(manager: Any, job_id: str, chunks: Iterator[str], console: Console) -> None:
+    """`orch logs --follow`: the log streams by; on a terminal a live status line stays under it.
+
+    The line is read from the job database (the background scheduler keeps it current), never by ticking
+    from a second thread. Piped output gets the plain log, nothing else.
+    """
+    if not (console.is_terminal and sys.stdout.isatty()):
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        return
+    stop = threading.Event()
+    with Live(progress_line(manager.db.get(job_id)), console=console, refresh_per_second=2,
+              redirect_stdout=True, transient=True) as live:
+
+        def refresh() -> None:
+            while not stop.wait(1.0):
+                live.update(progress_line(manager.db.get(job_id)))
+
+        poller = threading.Thread(target=refresh, daemon=True)
+        poller.start()
+        try:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        finally:
+            stop.set()
+            poller.join()

@@ -20,8 +20,11 @@ from orchestrator.errors import SpecError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# Environment variable names whose values are secrets: forwarded out of band, never stored.
-SECRET_NAME_PATTERN = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY)", re.I)
+# Environment variable names whose values are secrets: forwarded out of band, never stored. Besides the
+# words that are secret anywhere in a name, KEY/PASS/AUTH count as whole words (OPENAI_KEY, DB_PASS, but not MONKEY).
+SECRET_NAME_PATTERN = re.compile(
+    r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|(^|_)(KEY|PASS|AUTH)(_|$))", re.I)
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
 # Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
 UNECHOED_FIELDS = ("env", "storage")
@@ -147,6 +150,19 @@ class JobSpec(_Section):
                 "'module:function' of your own code"
             )
         return workload
+
+    @field_validator("env")
+    @classmethod
+    def _valid_env(cls, env: dict[str, str]) -> dict[str, str]:
+        # The workers' environment: a bad name fails deep inside Ray (or silently), so say it here.
+        for name, value in env.items():
+            if not ENV_NAME_PATTERN.match(name):
+                raise ValueError(f"env name '{_one_line(name)}' is not a valid environment variable name; use "
+                                 "letters, digits and '_', not starting with a digit")
+            if "\0" in value:
+                raise ValueError(f"env value of {name} contains a NUL character, which environment variables "
+                                 "cannot hold")
+        return env
 
     @field_validator("storage")
     @classmethod

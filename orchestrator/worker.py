@@ -29,6 +29,7 @@ from orchestrator.deepspeed_config import build_deepspeed_config
 from orchestrator.launch import load_secrets_file
 from orchestrator.metrics_log import MetricsLog
 from orchestrator.spec import JobSpec
+from orchestrator.step_metrics import health_metrics
 from orchestrator.storage import open_store
 from orchestrator.store import utc_now
 
@@ -119,6 +120,7 @@ class WorkerContext:
             config=build_deepspeed_config(self.spec, self.world_size),
         )
         self._write_shard_stats(model)
+        self._measure_model_states_at_first_update()
         return self.engine
 
     def _write_shard_stats(self, model: torch.nn.Module) -> None:
@@ -131,6 +133,23 @@ class WorkerContext:
             "rank": self.rank, "world_size": self.world_size, "zero_stage": self.spec.deepspeed.zero_stage,
             "params_total": total, "params_local": local, "pid": os.getpid(), "hostname": socket.gethostname(),
         }))
+
+    def _measure_model_states_at_first_update(self) -> None:
+        """Add what this rank holds at the end of the first optimizer update to its rank file (see memstats)."""
+        from orchestrator.memstats import model_state_bytes
+
+        client = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        done: list[bool] = []
+
+        def measure(*_: Any) -> None:
+            if done:
+                return  # torch cannot drop a hook while running it
+            done.append(True)
+            key = f"workers/rank-{self.rank:05d}.json"
+            self.store.put_bytes(key, _json({**json.loads(self.store.get_bytes(key)),
+                                             "memory": model_state_bytes(self.engine)}))
+
+        client.register_step_post_hook(measure)
 
     def lr_multiplier(self, step: int) -> float:
         """Linear warmup, then constant / cosine / linear decay to min_lr_ratio at the last step."""
@@ -217,6 +236,7 @@ class WorkerContext:
         # Loss is averaged over ranks and throughput over the steps since the last report.
         row: dict[str, Any] = {"step": step, **metrics, **self._window.rates(self.world_size)}
         row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
+        row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
         self.metrics.add(row, flush=True)
         self._report_to_ray(row)

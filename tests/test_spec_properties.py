@@ -153,9 +153,8 @@ valid_changes = st.one_of(
     st.tuples(st.just("checkpoint.every_steps"), st.integers(0, 10**4)),
     st.tuples(st.just("checkpoint.keep_latest"), st.integers(0, 100)),
     st.tuples(st.just("failure.max_restarts"), st.integers(0, 100)),
-    st.tuples(st.from_regex(r"\Aenv\.[A-Z][A-Z0-9_]{0,20}\Z"), st.text(st.characters(codec="utf-8",
-                                                                                     exclude_categories=("Cs",)),
-                                                                       max_size=30)),
+    st.tuples(st.from_regex(r"\Aenv\.[A-Z][A-Z0-9_]{0,20}\Z"),
+              st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\0"), max_size=30)),
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import SpecError
 from orchestrator.spec import (
     NAME_PATTERN,
+    REDACTED,
+    SECRET_NAME_PATTERN,
     JobSpec,
     apply_overrides,
     format_validation_error,
@@ -215,14 +217,27 @@ class Campaign:
     spec: CampaignSpec
     base: dict[str, Any]  # the base job spec as plain data, overrides and trial_resources applied, validated
     max_t: int  # the longest trial, in steps: the schedulers' time horizon
+    secrets: dict[str, str] = field(default_factory=dict)  # the base spec's secret env: never stored
 
     @property
     def base_job(self) -> JobSpec:
         return parse_spec(self.base, source=f"campaign '{self.spec.name}' base job spec")
 
+    def probe_jobs(self) -> list[JobSpec]:
+        """The base job with each search-space value a trial can get (or both ends of each range) set."""
+        return [parse_spec(trial_spec_data(self.base, {key: value}),
+                           source=f"search_space '{key}' = {value!r} gives a job spec that")
+                for key, param in self.spec.search_space.items() for value in param.probe_values()]
+
     def to_record(self) -> dict[str, Any]:
         """What the campaign record and storage keep: enough to rebuild it without the original files."""
-        return {"campaign": self.spec.model_dump(mode="json"), "base": self.base, "max_t": self.max_t}
+        # Unset fields stay out: re-validating must not see defaults as options the user chose.
+        spec = self.spec.model_dump(mode="json", exclude_unset=True)
+        if isinstance(self.spec.base, dict):
+            spec["base"] = self.base  # an inline base may hold secrets; the resolved one is redacted
+        spec["overrides"] = {k: REDACTED if k.startswith("env.") and SECRET_NAME_PATTERN.search(k) else v
+                             for k, v in self.spec.overrides.items()}
+        return {"campaign": spec, "base": self.base, "max_t": self.max_t}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Campaign:
@@ -280,14 +295,14 @@ def apply_campaign_sets(data: dict[str, Any], sets: list[str] | tuple[str, ...])
             if head == "overrides":
                 section[rest] = value
             else:
-                param_key, dot, field = rest.rpartition(".")
+                param_key, dot, attr = rest.rpartition(".")
                 if not dot or not param_key:
                     raise SpecError(f"--set '{item}' must look like search_space.<dotted.key>.<field>=value, "
                                     "for example search_space.train.lr.high=0.1.")
                 param = section.setdefault(param_key, {})
                 if not isinstance(param, dict):
                     raise SpecError(f"--set '{item}': search_space '{param_key}' is not a mapping.")
-                param[field] = value
+                param[attr] = value
         else:
             plain.append(item)
     return apply_overrides(data, plain)
@@ -312,16 +327,16 @@ def resolve_campaign(data: dict[str, Any], base_dir: Path, source: str = "campai
     if spec.storage is not None:
         base["storage"] = spec.storage
     job = parse_spec(base, source=f"{source}: base job spec (after overrides)")
-    base = job.redacted()  # normalised, every default visible, secrets never stored
-    steps = [job.train.steps]
-    for key, param in spec.search_space.items():
-        for value in param.probe_values():
-            trial = parse_spec(trial_spec_data(base, {key: value}),
-                               source=f"{source}: search_space '{key}' = {value!r} gives a job spec that")
-            steps.append(trial.train.steps)
+    secrets, base = job.secret_env(), job.redacted()  # normalised, every default visible, secrets never stored
+    campaign = Campaign(spec=spec, base=base, max_t=0, secrets=secrets)
+    try:
+        probes = campaign.probe_jobs()
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    steps = [p.train.steps for p in probes] if "train.steps" in spec.search_space else [job.train.steps]
     max_t = spec.scheduler.max_t or max(steps)
     _check_metric_and_scheduler(spec, job, max_t, source)
-    return Campaign(spec=spec, base=base, max_t=max_t)
+    return Campaign(spec=spec, base=base, max_t=max_t, secrets=secrets)
 
 
 def _base_mapping(spec: CampaignSpec, base_dir: Path, source: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,10 +33,14 @@ from tests.s3server import S3Server, free_port
 
 pytestmark = pytest.mark.e2e
 
-NODE_START_TIMEOUT_S = 90.0
-# Test-only: notice a dead node in ~3 s instead of Ray's default ~30 s (GCS health checks of each raylet).
-FAST_NODE_DEATH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                   "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+NODE_START_TIMEOUT_S = 150.0
+NODE_SETTINGS = {
+    # Test-only: notice a dead node in ~3 s instead of Ray's default ~30 s (GCS health checks of each raylet).
+    "RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
+    # Ray gives a raylet 60 s to register; a machine shared with other test runs can take longer.
+    "RAY_raylet_start_wait_time_s": "120",
+}
 
 
 # ---- processes ----------------------------------------------------------------------------------------------
@@ -76,15 +81,24 @@ class RayNode:
     proc: subprocess.Popen
     log: Path
     node_id: str = ""
+    killed: bool = False
+
+    def exited(self) -> bool:
+        """Whether `ray start` exited, without reaping it: its pid (the node's session id) stays reserved until
+        kill() has found the session's processes by it."""
+        return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
     def kill(self) -> None:
         """SIGKILL the node's whole process tree: a machine that is gone, not a graceful drain."""
+        if self.killed:
+            return
         for pid in _process_tree(self.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.proc.wait(timeout=30)  # reap `ray start`; its orphans are reaped by init
+        self.proc.wait(timeout=30)  # reap `ray start` only now; its orphans are reaped by init
+        self.killed = True
 
 
 class NodeSet:
@@ -97,7 +111,7 @@ class NodeSet:
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ORCH_", "RAY_"))},
-            **FAST_NODE_DEATH, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(root),
+            **NODE_SETTINGS, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(root),
             "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_CACHE), "PYTHONUNBUFFERED": "1",
         }
 
@@ -116,8 +130,8 @@ class NodeSet:
         return node
 
     def _registered(self, node: RayNode, marker: str) -> str:
-        if node.proc.poll() is not None:
-            raise AssertionError(f"ray start for {node.name} exited {node.proc.returncode}:\n{node.log.read_text()}")
+        if node.exited():
+            raise AssertionError(f"ray start for {node.name} exited:\n{node.log.read_text()}")
         try:
             alive = fetch_nodes(self.dashboard_url, timeout=2.0)
         except ClusterUnavailable:
@@ -152,6 +166,7 @@ def ray_nodes() -> Iterator[NodeSet]:
         yield nodes
     finally:
         nodes.stop()
+        shutil.rmtree(nodes.root, ignore_errors=True)
 
 
 def _kill_schedulers(home: Path) -> None:
@@ -170,7 +185,7 @@ def _kill_schedulers(home: Path) -> None:
 def remote_orch(ray_nodes: NodeSet, tmp_path: Path) -> Iterator[Orch]:
     """The `orch` CLI with its own ORCH_HOME and no default cluster: every submit names --address."""
     home = tmp_path / "orch-home"
-    env = {k: v for k, v in ray_nodes.env.items() if not k.startswith("RAY_health")}
+    env = {k: v for k, v in ray_nodes.env.items() if k not in NODE_SETTINGS}
     orch = Orch(home=home, env={**env, "ORCH_HOME": str(home)})
     try:
         yield orch
@@ -194,8 +209,8 @@ def _sets(*overrides: str) -> list[str]:
 # ---- tests ------------------------------------------------------------------------------------------------------
 def test_orch_submit_to_existing_head_shows_in_ray_job_list(ray_nodes, remote_orch):
     proc = remote_orch.run("submit", str(REPO / "jobs/examples/mlp-digits.yaml"), "--address", ray_nodes.dashboard_url,
-                           "--wait", *_sets("scaling.num_workers=1", "train.steps=20", "train.eval_every=0",
-                                            "checkpoint.every_steps=0"))
+                           "--wait", *_sets("scaling.num_workers=1", "train.steps=10", "train.warmup_steps=0",
+                                            "train.eval_every=0", "checkpoint.every_steps=0"))
     job_id = proc.stdout.strip().splitlines()[-1]
     status = remote_orch.status(job_id)
     assert status["state"] == "SUCCEEDED", status["message"]

@@ -1,0 +1,208 @@
+"""Campaign records: submit, launch, reconcile, resume.
+
+A campaign is a JobStore record with kind='campaign', run by one Ray job (the campaign driver,
+`python -m orchestrator.campaign.driver`) that runs Ray Tune. It reuses the JobManager's cluster,
+Ray Jobs and secrets plumbing; `JobManager.reconcile` hands campaign records to `reconcile_campaign`.
+A campaign is launched as soon as it is submitted: Tune itself waits for free CPUs for its trials,
+and the record's CPU count (its concurrent trials) keeps queued jobs from crowding it out.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from cluster.address import ClusterUnavailable, cluster_totals
+from orchestrator.campaign.report import PLOT_FILE, read_summary
+from orchestrator.campaign.spec import Campaign
+from orchestrator.errors import OrchError
+from orchestrator.launch import job_runtime_env, write_secrets_file
+from orchestrator.manager import JobManager, new_job_id, ray_submission_id
+from orchestrator.settings import default_storage_uri
+from orchestrator.spec import parse_spec
+from orchestrator.states import JobState
+from orchestrator.storage import open_store
+from orchestrator.store import JobRecord, utc_now
+
+KIND = "campaign"
+
+
+def campaign_entrypoint(campaign_id: str, store_uri: str, local_cluster: bool) -> str:
+    python = sys.executable if local_cluster else "python"
+    return " ".join(shlex.quote(p) for p in (
+        python, "-m", "orchestrator.campaign.driver", "--campaign-id", campaign_id, "--store", store_uri))
+
+
+def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
+    """Check storage and the cluster, store the campaign, record it and start its driver."""
+    spec, job = campaign.spec, campaign.base_job
+    base = open_store(job.storage_uri(default_storage_uri()))
+    base.check()
+    url = manager.cluster_url(start=True)
+    assert url is not None
+    totals = cluster_totals(url)
+    trial_cpus = job.scaling.num_workers * job.scaling.cpus_per_worker
+    trial_gpus = job.scaling.num_workers * job.scaling.worker_gpus
+    if trial_cpus > totals["CPU"] or trial_gpus > totals["GPU"]:
+        raise OrchError(
+            f"Each trial of campaign '{spec.name}' needs {trial_cpus:g} CPUs and {trial_gpus:g} GPUs "
+            f"({job.scaling.num_workers} workers), but the whole cluster has {totals['CPU']:g} CPUs and "
+            f"{totals['GPU']:g} GPUs, so no trial could ever start. Lower trial_resources.num_workers / "
+            "cpus_per_worker, or use a bigger cluster (--address)."
+        )
+    from orchestrator.estimate import check_fits_cluster
+
+    for trial_job in (job, *campaign.probe_jobs()):  # the biggest model in the space must fit a worker too
+        check_fits_cluster(trial_job, url)
+    if campaign.secrets and not manager.is_local:
+        raise OrchError(
+            f"env: {', '.join(sorted(campaign.secrets))} look like secrets, and a remote cluster's job settings "
+            "are readable by anyone with dashboard access. Configure them on the cluster's nodes and remove them."
+        )
+    fits = math.floor(totals["CPU"] / trial_cpus + 1e-9) if trial_cpus else spec.trial_count()
+    if trial_gpus:
+        fits = min(fits, math.floor(totals["GPU"] / trial_gpus + 1e-9))
+    concurrency = spec.max_concurrent_trials or max(1, min(fits, spec.trial_count()))
+    campaign_id = new_job_id(spec.name)
+    store = base.child(f"campaigns/{campaign_id}")
+    record = {**campaign.to_record(), "concurrency": concurrency}
+    store.put_bytes("spec.yaml", yaml.safe_dump(record, sort_keys=False).encode())
+    running = min(concurrency, fits)
+    rec = JobRecord(id=campaign_id, name=spec.name, state=JobState.QUEUED, storage_uri=store.uri, spec=record,
+                    kind=KIND, ray_address=url, cpus=running * trial_cpus, gpus=running * trial_gpus)
+    # Before the record, as for jobs: whoever launches it looks for this file.
+    secrets_file = write_secrets_file(manager.secrets_dir, campaign_id, campaign.secrets) if manager.is_local else None
+    try:
+        manager.db.insert(rec)
+    except OrchError:
+        if secrets_file is not None:
+            secrets_file.unlink(missing_ok=True)
+        raise
+    launch_campaign(manager, rec)
+    return manager.db.get(campaign_id)
+
+
+def launch_campaign(manager: JobManager, rec: JobRecord) -> bool:
+    """Hand a QUEUED campaign's driver to Ray, then mark it STARTING (the order JobManager.launch uses: a
+    retried launch submits the same submission id, which Ray refuses as a duplicate)."""
+    rec = manager.db.get(rec.id)
+    if rec.state != JobState.QUEUED:
+        return False
+    submissions = rec.submissions + 1
+    submission_id = ray_submission_id(replace(rec, submissions=submissions))
+    ray = manager.ray_for(rec.ray_address)
+    try:
+        job = parse_spec(rec.spec["base"], source=f"campaign {rec.id} base job spec")
+        secrets_file = manager.secrets_dir / f"{rec.id}.env"
+        runtime_env = job_runtime_env(job.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
+                                      {k: v for k, v in job.env.items() if k not in job.secret_env()},
+                                      job.working_dir)
+        entrypoint = campaign_entrypoint(rec.id, rec.storage_uri, manager._is_local_url(rec.ray_address))
+        ray.submit(submission_id, entrypoint, runtime_env,
+                   metadata={"orch_campaign_id": rec.id, "orch_name": rec.name})
+    except OrchError as exc:
+        manager.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
+                              finished_at=utc_now(), message=str(exc))
+        return False
+    if not manager.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
+                                 started_at=utc_now(), message=""):
+        ray.stop(submission_id)  # cancelled while Ray was taking it
+        return False
+    return True
+
+
+def reconcile_campaign(manager: JobManager, rec: JobRecord) -> JobRecord:
+    """Bring an active campaign record in line with Ray (its driver's state) and campaign.json (progress)."""
+    local = manager._is_local_url(rec.ray_address)
+    try:
+        status, ray_message = manager.ray_for(rec.ray_address).status(ray_submission_id(rec))
+    except (ClusterUnavailable, ConnectionError, RuntimeError):
+        if not local:
+            return rec  # a remote cluster may be back later; do not guess
+        status, ray_message = None, "the local Ray cluster it ran on has stopped"
+    summary = read_summary(open_store(rec.storage_uri))
+    target = JobManager._target_state(rec, status)
+    updates: dict[str, Any] = {"attempts": rec.submissions}
+    if summary:
+        updates["metrics_json"] = progress_metrics(summary, ended=target is not None and target.terminal)
+    manager.db.update(rec.id, **updates)
+    if target is None or target == rec.state:
+        return manager.db.get(rec.id)
+    if not target.terminal:
+        if target == JobState.RUNNING and rec.state == JobState.STARTING:
+            manager.db.transition(rec.id, rec.state, target)
+        return manager.db.get(rec.id)
+    verdict, reason = (summary or {}).get("state"), (summary or {}).get("reason", "")
+    if target == JobState.SUCCEEDED and verdict == "SUCCEEDED":
+        message = ""
+        (manager.secrets_dir / f"{rec.id}.env").unlink(missing_ok=True)
+    elif target == JobState.CANCELLED:
+        message = f"cancelled by user; continue it with: orch resume {rec.id}"
+    else:
+        if target == JobState.SUCCEEDED:
+            target, reason = JobState.FAILED, "the campaign driver exited without a successful campaign.json"
+        elif verdict not in ("FAILED", "INTERRUPTED"):  # no verdict of its own: the driver died
+            reason = f"campaign driver lost ({ray_message or 'no verdict written'})"
+        message = f"{reason}. Continue it with: orch resume {rec.id}"
+    manager.db.transition(rec.id, rec.state, target, finished_at=utc_now(), message=message)
+    return manager.db.get(rec.id)
+
+
+def resume_campaign(manager: JobManager, campaign_id: str) -> JobRecord:
+    """Start a new driver for a FAILED or CANCELLED campaign; it continues the stored Tune experiment."""
+    rec = manager.db.get(campaign_id)
+    if rec.state not in (JobState.FAILED, JobState.CANCELLED):
+        raise OrchError(f"Campaign {campaign_id} is {rec.state.value}; only FAILED or CANCELLED campaigns can be "
+                        "resumed.")
+    url = manager.cluster_url(start=True)
+    if manager.is_local and not (manager.secrets_dir / f"{campaign_id}.env").exists():
+        write_secrets_file(manager.secrets_dir, campaign_id, {})
+    manager.db.update(campaign_id, cancel_requested=False, ray_address=url)
+    manager.db.transition(campaign_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
+    launch_campaign(manager, manager.db.get(campaign_id))
+    return manager.db.get(campaign_id)
+
+
+def interrupted(summary: dict[str, Any]) -> dict[str, Any]:
+    """The last campaign.json of a driver that is gone: its running trials are not running any more."""
+    if summary.get("state") not in (None, "RUNNING"):
+        return summary
+    trials = [{**t, "state": "INTERRUPTED"} if t["state"] in ("RUNNING", "PAUSED") else t
+              for t in summary.get("trials", [])]
+    counts = {**summary.get("counts", {}), "running": 0, "paused": 0,
+              "interrupted": sum(t["state"] == "INTERRUPTED" for t in trials)}
+    return {**summary, "trials": trials, "counts": counts}
+
+
+def progress_metrics(summary: dict[str, Any], ended: bool) -> dict[str, Any]:
+    """The record's metrics: trial counts and the best value so far (what `orch list`/`--wait` show)."""
+    if ended:
+        summary = interrupted(summary)
+    best = summary.get("best_trial") or {}
+    return {**summary.get("counts", {}), "planned": summary.get("planned_trials"),
+            "metric": summary.get("metric"), "best": best.get("value"), "best_trial": best.get("id"),
+            "total_steps": summary.get("total_steps")}
+
+
+def campaign_status(rec: JobRecord) -> dict[str, Any]:
+    """`orch status CAMPAIGN --json`: the record plus what the driver last wrote to campaign.json."""
+    summary = read_summary(open_store(rec.storage_uri)) or {}
+    if rec.state.terminal:
+        summary = interrupted(summary)
+    return {
+        **rec.as_dict(),
+        "campaign_state": summary.get("state"),
+        "metric": summary.get("metric", rec.spec["campaign"]["metric"]),
+        "mode": summary.get("mode", rec.spec["campaign"]["mode"]),
+        "planned_trials": summary.get("planned_trials"),
+        "counts": summary.get("counts", {}),
+        "total_steps": summary.get("total_steps", 0),
+        "best_trial": summary.get("best_trial"),
+        "trials": summary.get("trials", []),
+        "plot_uri": f"{rec.storage_uri}/{PLOT_FILE}",
+    }

@@ -1,0 +1,125 @@
+"""Secrets reach the workers and nowhere else.
+
+A job with S3 storage (the test server's secret key) and a secret-looking `env` entry runs to success; then
+everything the job wrote or that describes it is searched for both secret values: every object in the
+bucket, the ORCH_HOME tree (database included), `orch status/list --json`, `orch logs`, Ray's job info and
+the Ray cluster's session directory. The one intended copy is the 0600 secrets file, removed on success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import tempfile
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import wait_for
+from tests.s3server import SECRET_ACCESS_KEY
+
+pytestmark = pytest.mark.e2e
+
+SPEC_SECRET = "sk-test-SECRET-123"
+SECRETS = (SPEC_SECRET.encode(), SECRET_ACCESS_KEY.encode())
+
+# A workload that refuses to train unless the secret env value arrived (compared by hash: never printed).
+PROBE = textwrap.dedent('''
+    import hashlib
+    import os
+
+    from jobs.mlp.train import train as mlp_train
+
+
+    def train(ctx):
+        seen = hashlib.sha256(os.environ.get("WANDB_API_KEY", "").encode()).hexdigest()
+        if seen != os.environ["EXPECTED_KEY_SHA256"]:
+            raise RuntimeError("WANDB_API_KEY did not reach the worker")
+        return mlp_train(ctx)
+''')
+
+
+def leaks_in(files: list[Path]) -> list[str]:
+    found = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:  # sockets, files removed while we walk
+            continue
+        found += [f"{path}: {secret.decode()}" for secret in SECRETS if secret in data]
+    return found
+
+
+def tree(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def test_secrets_reach_workers_but_are_never_written(orch, s3_server, tmp_path):
+    bucket = "secrets-e2e"
+    s3_server.make_bucket(bucket)
+    s3 = s3_server.env
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    (probe_dir / "leakprobe.py").write_text(PROBE)
+    job_id, submitted = orch.submit(
+        "jobs/examples/mlp-digits.yaml", "name=secrets", "workload=leakprobe:train", f"working_dir={probe_dir}",
+        f"storage=s3://{bucket}/runs", "scaling.num_workers=1", "train.steps=5", "train.warmup_steps=0",
+        "train.eval_every=0", "train.eval_batches=1", "train.report_every=1", "checkpoint.every_steps=0",
+        f"env.WANDB_API_KEY={SPEC_SECRET}", "env.PLAIN_SETTING=visible-value",
+        f"env.EXPECTED_KEY_SHA256={hashlib.sha256(SPEC_SECRET.encode()).hexdigest()}",
+        wait=False, extra_env=s3)
+
+    # The one intended copy: a 0600 file in a 0700 directory, read by the driver and workers.
+    secrets_file = orch.home / "secrets" / f"{job_id}.env"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets_file.parent.stat().st_mode) == 0o700
+    assert json.loads(secrets_file.read_text())["WANDB_API_KEY"] == SPEC_SECRET
+
+    def finished() -> dict | None:
+        status = json.loads(orch.run("status", job_id, "--json", extra_env=s3).stdout)
+        return status if status["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None
+
+    status = wait_for(finished, timeout=300, what=f"job {job_id} to finish", poll_s=1.0)
+    assert status["state"] == "SUCCEEDED", status  # so the probe saw the secret, and S3 writes used the key
+    assert not secrets_file.exists()  # no longer needed once the job succeeded
+
+    outputs = [submitted.stdout, submitted.stderr,
+               orch.run("status", job_id, "--json", extra_env=s3).stdout,
+               orch.run("list", "--json", extra_env=s3).stdout,
+               orch.run("logs", job_id, extra_env=s3).stdout]
+    assert "orch: job" in outputs[-1]  # the logs really were read
+
+    # Ray's view of the job: what anyone with dashboard access can read.
+    from ray.job_submission import JobSubmissionClient
+
+    address = orch.env["ORCH_RAY_ADDRESS"]
+    info = JobSubmissionClient(address).get_job_info(job_id)
+    env_vars = info.runtime_env["env_vars"]
+    assert env_vars["PLAIN_SETTING"] == "visible-value"
+    assert not {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(env_vars)
+    with urllib.request.urlopen(f"{address}/api/jobs/", timeout=30) as response:
+        outputs.append(response.read().decode())
+    outputs += [json.dumps(info.runtime_env), json.dumps(info.metadata), info.entrypoint, info.message or ""]
+    assert not [o for o in outputs for secret in (SPEC_SECRET, SECRET_ACCESS_KEY) if secret in o]
+
+    # Every object in the bucket; the stored spec shows the secret's name, redacted.
+    client = s3_server.client()
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    assert f"runs/jobs/{job_id}/result.json" in keys
+    spec_yaml = client.get_object(Bucket=bucket, Key=f"runs/jobs/{job_id}/spec.yaml")["Body"].read().decode()
+    assert "WANDB_API_KEY: '***redacted***'" in spec_yaml
+    leaks = [key for key in keys for secret in SECRETS
+             if secret in client.get_object(Bucket=bucket, Key=key)["Body"].read()]
+    assert not leaks, leaks
+
+    # Everything on disk: ORCH_HOME (database, scheduler log, secrets dir), the Ray session of the test
+    # cluster (its logs, runtime_env resources), and Ray Train's own bookkeeping for this job.
+    files = tree(orch.home) + tree(Path(orch.env["RAY_TMPDIR"]))
+    files += tree(Path(tempfile.gettempdir()) / "orch-ray-results" / job_id)
+    assert any(p.name == "jobs.db" for p in files)
+    assert len(files) > 20, files
+    assert not leaks_in(files)
