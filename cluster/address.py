@@ -38,6 +38,18 @@ def is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def runs_on_this_machine(url: str) -> bool:
+    """Whether any node of that cluster has one of this machine's IP addresses.
+
+    A loopback address alone does not say so: `kubectl port-forward` or an SSH tunnel to a remote head is
+    loopback too, and that cluster cannot read files we write here.
+    """
+    import psutil  # ships with ray[default]
+
+    mine = {addr.address for addrs in psutil.net_if_addrs().values() for addr in addrs}
+    return any(node.get("node_ip") in mine for node in fetch_nodes(url))
+
+
 def auth_headers() -> dict[str, str]:
     """Ray token auth: RAY_AUTH_TOKEN, or the token file Ray itself writes (~/.ray/auth_token)."""
     token = os.environ.get("RAY_AUTH_TOKEN")

@@ -60,6 +60,9 @@ class LocalCluster:
     def __init__(self, home: Path):
         self.dir = home / "cluster"
         self.state_file = self.dir / "cluster.json"
+        # Every dashboard address this home's embedded cluster has had: a job recorded against one of them ran
+        # on this machine, and (new ports on each start) an address that no longer answers is gone for good.
+        self.history_file = self.dir / "addresses"
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -105,9 +108,18 @@ class LocalCluster:
             dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{gcs_port}",
             pid=proc.pid, num_cpus=num_cpus, num_gpus=num_gpus, log_file=str(log_file),
         )
+        with open(self.history_file, "a") as history:
+            history.write(info.dashboard_url + "\n")
         self._wait_ready(info, proc)
         self.state_file.write_text(json.dumps(asdict(info), indent=2))
         return info
+
+    def was_embedded(self, dashboard_url: str) -> bool:
+        """Whether this address belongs (or belonged) to this home's embedded cluster."""
+        try:
+            return dashboard_url in self.history_file.read_text().split()
+        except OSError:
+            return False
 
     def _wait_ready(self, info: LocalClusterInfo, proc: subprocess.Popen) -> None:
         """Ready means the dashboard answers and the head node has registered its resources."""

@@ -1,4 +1,8 @@
-"""`orch checkpoints | verify | export | predict`: what a finished (or running) job left in storage."""
+"""`orch checkpoints | verify | export | predict`: what a finished (or running) job left in storage.
+
+Each also takes a campaign id: it then works on one trial (`--trial`, default the best one), which is stored
+like a job under `<campaign storage>/trials/<trial id>/`.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +20,38 @@ from orchestrator.errors import OrchError
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _job_store(job_id: str) -> Any:
+def _job_store(job_id: str, trial: str | None = None) -> tuple[dict[str, Any], Any]:
+    """(the job spec as a dict, the store holding its checkpoints) for a job, or for one trial of a campaign."""
+    import yaml
+
+    from orchestrator.campaign.report import read_summary
     from orchestrator.manager import JobManager
-    from orchestrator.storage import open_store
+    from orchestrator.storage import StorageError, open_store
 
     rec = JobManager().db.get(job_id)
-    return rec, open_store(rec.storage_uri)
+    store = open_store(rec.storage_uri)
+    if rec.kind != "campaign":
+        if trial is not None:
+            raise OrchError(f"--trial: {job_id} is a job, not a campaign; drop --trial.")
+        return rec.spec, store
+    if trial is None:
+        trial = ((read_summary(store) or {}).get("best_trial") or {}).get("id")
+        if trial is None:
+            raise OrchError(f"Campaign {job_id} has no best trial yet; name one with --trial (see orch status "
+                            f"{job_id}).")
+    trial_store = store.child(f"trials/{trial}")
+    try:
+        spec = yaml.safe_load(trial_store.get_bytes("spec.yaml"))
+    except StorageError:
+        raise OrchError(f"--trial: campaign {job_id} has no trial '{trial}'; see orch status {job_id} for the "
+                        "trial ids.") from None
+    return spec, trial_store
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from orchestrator import checkpoints
 
-    _, store = _job_store(args.job)
+    _, store = _job_store(args.job, args.trial)
     infos = checkpoints.list_checkpoints(store)
     rows = []
     for info in infos:
@@ -50,7 +74,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from orchestrator import checkpoints
 
-    _, store = _job_store(args.job)
+    _, store = _job_store(args.job, args.trial)
     infos = [c for c in checkpoints.list_checkpoints(store) if c.committed]
     if args.step is not None:
         infos = [c for c in infos if c.step == args.step]
@@ -71,7 +95,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.export import choose_step, consolidated_state_dict, save_state_dict
 
-    _, store = _job_store(args.job)
+    _, store = _job_store(args.job, args.trial)
     step = choose_step(store, args.step)
     state = consolidated_state_dict(store, step)
     out_path = Path(args.out)
@@ -89,10 +113,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from jobs.mlp.predict import load_model, predict
     from orchestrator.export import choose_step, consolidated_state_dict
 
-    rec, store = _job_store(args.job)
-    if rec.spec.get("workload") != "mlp":
-        raise OrchError(f"orch predict serves the mlp workload; job {args.job} runs '{rec.spec.get('workload')}'.")
-    model_cfg, data_cfg = MLPModelConfig(**rec.spec["model"]), MLPDataConfig(**rec.spec["data"])
+    spec, store = _job_store(args.job, args.trial)
+    if spec.get("workload") != "mlp":
+        raise OrchError(f"orch predict serves the mlp workload; job {args.job} runs '{spec.get('workload')}'.")
+    model_cfg, data_cfg = MLPModelConfig(**spec["model"]), MLPDataConfig(**spec["data"])
     if args.model:
         state = _load_exported(Path(args.model))
     else:
@@ -137,20 +161,25 @@ def _yes(flag: bool) -> str:
     return "[green]yes[/]" if flag else "[red]no[/]"
 
 
+def _job_and_trial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="a job id, or a campaign id (then one of its trials)")
+    p.add_argument("--trial", help="for a campaign: the trial id (default: the best trial)")
+
+
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("checkpoints", cmd_checkpoints, "List a job's checkpoints.")
-    p.add_argument("job")
+    _job_and_trial(p)
     p.add_argument("--json", action="store_true")
     p = add("verify", cmd_verify, "Re-hash every checkpoint file against its manifest; exit 1 on any mismatch.")
-    p.add_argument("job")
+    _job_and_trial(p)
     p.add_argument("--step", type=int)
     p = add("export", cmd_export, "Consolidate a ZeRO checkpoint into one fp32 state dict.")
-    p.add_argument("job")
+    _job_and_trial(p)
     p.add_argument("--step", type=int, help="default: the newest verified checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of torch.save")
     p = add("predict", cmd_predict, "Classify digits with a trained mlp job's model.")
-    p.add_argument("job")
+    _job_and_trial(p)
     p.add_argument("--model", help="an exported state dict (default: the job's newest verified checkpoint)")
     p.add_argument("--step", type=int)
     p.add_argument("--input", help="a .npy array of raw (N, 64) digit features (default: the validation split)")

@@ -18,9 +18,9 @@ import yaml
 
 from orchestrator.checkpoints import list_checkpoints
 from orchestrator.launch import load_secrets_file
-from orchestrator.metrics_log import METRICS_KEY
+from orchestrator.metrics_log import METRICS_KEY, read_jsonl
 from orchestrator.spec import JobSpec, parse_spec
-from orchestrator.storage import ObjectStore, StorageError, open_store
+from orchestrator.storage import ObjectStore, open_store
 from orchestrator.store import utc_now
 
 
@@ -50,10 +50,7 @@ def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTraine
 
 
 def summarize(store: ObjectStore, status: str, reason: str = "") -> dict:
-    try:
-        rows = [json.loads(line) for line in store.get_bytes(METRICS_KEY).decode().splitlines() if line.strip()]
-    except StorageError:
-        rows = []
+    rows = read_jsonl(store, METRICS_KEY)
     final = next((r for r in reversed(rows) if r.get("final")), rows[-1] if rows else {})
     committed = [c.step for c in list_checkpoints(store) if c.committed]
     return {

@@ -22,24 +22,27 @@ from orchestrator.settings import extensions_dir
 
 # Non-secret settings that tell workers how to reach storage; forwarded as they are.
 FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-    "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "ORCH_S3_ADDRESSING_STYLE",
-    "ORCH_STORAGE_RETRIES", "ORCH_HOME",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "ORCH_S3_ADDRESSING_STYLE", "ORCH_STORAGE_RETRIES",
 )
+# Settings that name files or profiles on this machine: meaningful only to a cluster running on it.
+SAME_MACHINE_ENV = ("AWS_PROFILE", "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "ORCH_HOME")
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 SECRETS_FILE_ENV = "ORCH_SECRETS_FILE"
 
 
 def job_runtime_env(use_gpu: bool, secrets_file: Path | None, extra_env: dict[str, str],
-                    working_dir: str | None) -> dict[str, Any]:
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+                    working_dir: str | None, same_machine: bool = True) -> dict[str, Any]:
+    names = FORWARDED_ENV + SAME_MACHINE_ENV if same_machine else FORWARDED_ENV
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
     env.update(extra_env)
     env.update({
         # Ray Train 2.x blocks each report() for this long; our workers report sparingly, so poll fast.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
-        "TORCH_EXTENSIONS_DIR": str(extensions_dir()),
         "PYTHONUNBUFFERED": "1",
     })
+    if same_machine:  # a path on this disk; a remote cluster keeps DeepSpeed's default cache
+        env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     if secrets_file is not None:

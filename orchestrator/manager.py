@@ -19,11 +19,12 @@ from pathlib import Path
 
 import yaml
 
-from cluster.address import ClusterUnavailable, cluster_totals, dashboard_url, is_loopback
+from cluster.address import ClusterUnavailable, cluster_totals, dashboard_url, is_loopback, runs_on_this_machine
 from cluster.local import LocalCluster
 from orchestrator.driver import verdict_from_logs
 from orchestrator.errors import OrchError
 from orchestrator.launch import RayJobs, driver_entrypoint, job_runtime_env, write_secrets_file
+from orchestrator.metrics_log import read_jsonl
 from orchestrator.settings import db_path, default_storage_uri, orch_home, ray_address_override
 from orchestrator.spec import JobSpec, parse_spec
 from orchestrator.states import ACTIVE_STATES, JobState
@@ -42,11 +43,7 @@ def ray_submission_id(rec: JobRecord) -> str:
 
 
 def read_metrics(job_store: ObjectStore) -> list[dict]:
-    try:
-        raw = job_store.get_bytes("metrics.jsonl").decode()
-    except StorageError:
-        return []
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return read_jsonl(job_store)
 
 
 def read_result(job_store: ObjectStore) -> dict | None:
@@ -70,12 +67,21 @@ class JobManager:
         self.address = address or ray_address_override()
         self.local = LocalCluster(self.home)
         self._ray: dict[str, RayJobs] = {}
+        self._shares_machine: dict[str, bool] = {}
 
     # ---- cluster -------------------------------------------------------------------------------
-    @property
-    def is_local(self) -> bool:
-        """The cluster runs on this machine: the embedded one, or one on a loopback address."""
-        return self.address is None or is_loopback(dashboard_url(self.address))
+    def shares_machine(self, url: str | None) -> bool:
+        """Whether the cluster at `url` runs on this machine: the secrets file and file:// storage work there."""
+        if url is None:
+            return False
+        if url not in self._shares_machine:
+            if self.local.was_embedded(url):
+                self._shares_machine[url] = True
+            elif not is_loopback(url):
+                self._shares_machine[url] = False
+            else:
+                self._shares_machine[url] = runs_on_this_machine(url)  # loopback may be a tunnel elsewhere
+        return self._shares_machine[url]
 
     def cluster_url(self, start: bool) -> str | None:
         """This command's cluster: --address / ORCH_RAY_ADDRESS, else the embedded one (started if asked)."""
@@ -84,13 +90,34 @@ class JobManager:
         info = self.local.up() if start else self.local.info()
         return info.dashboard_url if info else None
 
+    def resume_url(self, rec: JobRecord) -> str:
+        """Resume where the job ran, unless --address says otherwise or that was an embedded cluster now gone."""
+        if self.address is None and rec.ray_address and not self.local.was_embedded(rec.ray_address):
+            return rec.ray_address
+        url = self.cluster_url(start=True)
+        assert url is not None
+        return url
+
+    def check_cluster_reaches(self, url: str, storage: ObjectStore, secrets: dict[str, str]) -> None:
+        """Refuse what a cluster on another machine could not use: files on this disk, secrets in job settings."""
+        if self.shares_machine(url):
+            return
+        if storage.uri.startswith("file://"):
+            raise OrchError(
+                f"storage: {storage.uri} is a directory on this machine, but the Ray cluster at {url} runs "
+                "elsewhere and its workers cannot write there. Set storage to an s3:// URI the cluster can reach."
+            )
+        if secrets:
+            raise OrchError(
+                f"env: {', '.join(sorted(secrets))} look like secrets, and a remote cluster's job "
+                "settings are readable by anyone with dashboard access. Configure them on the cluster's nodes "
+                "(instance role, Kubernetes secret) and remove them from the spec."
+            )
+
     def ray_for(self, url: str) -> RayJobs:
         if url not in self._ray:
             self._ray[url] = RayJobs(url)
         return self._ray[url]
-
-    def _is_local_url(self, url: str | None) -> bool:
-        return url is not None and is_loopback(url)
 
     # ---- submit ----------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, force: bool = False, memory_per_worker_gb: float | None = None) -> JobRecord:
@@ -116,19 +143,15 @@ class JobManager:
             from orchestrator.estimate import check_fits_cluster
 
             check_fits_cluster(spec, url, memory_per_worker_gb)  # a worker that cannot fit its memory never starts
-        if spec.secret_env() and not self.is_local:
-            raise OrchError(
-                f"env: {', '.join(sorted(spec.secret_env()))} look like secrets, and a remote cluster's job "
-                "settings are readable by anyone with dashboard access. Configure them on the cluster's nodes "
-                "(instance role, Kubernetes secret) and remove them from the spec."
-            )
+        self.check_cluster_reaches(url, base, spec.secret_env())
         job_id = new_job_id(spec.name)
         job_store = base.child(f"jobs/{job_id}")
         job_store.put_bytes("spec.yaml", yaml.safe_dump(spec.redacted(), sort_keys=False).encode())
         rec = JobRecord(id=job_id, name=spec.name, state=JobState.QUEUED, storage_uri=job_store.uri,
                         spec=spec.redacted(), ray_address=url, cpus=need_cpu, gpus=need_gpu)
         # Before the record: once it exists, a background scheduler may launch the job and look for this file.
-        secrets_file = write_secrets_file(self.secrets_dir, job_id, spec.secret_env()) if self.is_local else None
+        secrets_file = (write_secrets_file(self.secrets_dir, job_id, spec.secret_env())
+                        if self.shares_machine(url) else None)
         try:
             self.db.insert(rec)
         except OrchError:
@@ -151,12 +174,22 @@ class JobManager:
             if not mine:
                 return  # another orch process is launching right now; the scheduler ticks again within a second
             # Read under the lock: all launches happen under it, so the queue and the free resources agree.
-            queued = self.db.list(states=[JobState.QUEUED], kind="job")
+            queued = [self._follow_embedded_cluster(r) for r in self.db.list(states=[JobState.QUEUED], kind="job")]
             for url in dict.fromkeys(rec.ray_address for rec in queued):
                 try:
                     self._launch_fitting(url, [r for r in queued if r.ray_address == url])
                 except ClusterUnavailable:
                     continue  # that cluster is down for now; its jobs stay queued
+
+    def _follow_embedded_cluster(self, rec: JobRecord) -> JobRecord:
+        """A job queued on an embedded cluster that has since stopped waits for the one running now, if any."""
+        if not rec.ray_address or not self.local.was_embedded(rec.ray_address):
+            return rec
+        current = self.local.info()
+        if current is None or current.dashboard_url == rec.ray_address:
+            return rec
+        self.db.update(rec.id, ray_address=current.dashboard_url)
+        return self.db.get(rec.id)
 
     @contextmanager
     def _launch_lock(self) -> Iterator[bool]:
@@ -206,8 +239,8 @@ class JobManager:
             secrets_file = self.secrets_dir / f"{rec.id}.env"
             runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
                                           {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
-                                          spec.working_dir)
-            ray.submit(submission_id, driver_entrypoint(rec.id, rec.storage_uri, self._is_local_url(rec.ray_address)),
+                                          spec.working_dir, self.shares_machine(rec.ray_address))
+            ray.submit(submission_id, driver_entrypoint(rec.id, rec.storage_uri, self.shares_machine(rec.ray_address)),
                        runtime_env, metadata={"orch_job_id": rec.id, "orch_name": rec.name})
         except OrchError as exc:
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
@@ -225,12 +258,11 @@ class JobManager:
             from orchestrator.campaign.manager import reconcile_campaign
 
             return reconcile_campaign(self, rec)
-        local = self._is_local_url(rec.ray_address)
         try:
             status, ray_message = self.ray_for(rec.ray_address).status(ray_submission_id(rec))
         except (ClusterUnavailable, ConnectionError, RuntimeError):
-            if not local:
-                return rec  # a remote cluster may be back later; do not guess
+            if not self.local.was_embedded(rec.ray_address):
+                return rec  # another cluster may be back later (its jobs still running); do not guess
             status, ray_message = None, "the local Ray cluster it ran on has stopped"
         job_store = open_store(rec.storage_uri)
         metrics = read_metrics(job_store)
@@ -308,12 +340,13 @@ class JobManager:
         rec = self.db.get(job_id)
         if rec.state not in (JobState.FAILED, JobState.CANCELLED):
             raise OrchError(f"Job {job_id} is {rec.state.value}; only FAILED or CANCELLED jobs can be resumed.")
-        open_store(rec.storage_uri).delete("result.json")
-        self.db.update(job_id, cancel_requested=False)
-        url = self.cluster_url(start=True)
-        if self.is_local and not (self.secrets_dir / f"{job_id}.env").exists():
+        url = self.resume_url(rec)
+        job_store = open_store(rec.storage_uri)
+        self.check_cluster_reaches(url, job_store, {})
+        job_store.delete("result.json")
+        self.db.update(job_id, cancel_requested=False, ray_address=url)
+        if self.shares_machine(url) and not (self.secrets_dir / f"{job_id}.env").exists():
             write_secrets_file(self.secrets_dir, job_id, {})
-        self.db.update(job_id, ray_address=url)
         self.db.transition(job_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
         self.tick()
         return self.db.get(job_id)

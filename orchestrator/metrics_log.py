@@ -29,6 +29,24 @@ TENSORBOARD_PREFIX = "tensorboard/"
 NOT_SCALARS = {"step", "final", "time"}
 
 
+def read_jsonl(store: ObjectStore, key: str = METRICS_KEY) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines object; [] if it is missing. A damaged line (a copy cut short by a full disk or
+    a sync tool) is skipped, so one bad row never hides a job's whole history."""
+    try:
+        raw = store.get_bytes(key).decode(errors="replace")
+    except StorageError:
+        return []
+    rows = []
+    for line in raw.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 class MetricsLog:
     def __init__(self, store: ObjectStore, enabled: bool, tensorboard: bool = True):
         self.store, self.enabled = store, enabled
@@ -40,11 +58,7 @@ class MetricsLog:
     def resume_from(self, step: int) -> None:
         if not self.enabled:
             return
-        try:
-            raw = self.store.get_bytes(METRICS_KEY).decode()
-        except StorageError:
-            raw = ""
-        old = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        old = read_jsonl(self.store)
         self.rows = [r for r in old if r.get("step", 0) <= step and not r.get("final")]
         if old:
             self._purge_step = step + 1

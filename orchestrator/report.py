@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.metrics_log import read_jsonl
 from orchestrator.storage import ObjectStore, StorageError
 from orchestrator.store import JobRecord, utc_now
 
@@ -53,11 +54,7 @@ def _json(store: ObjectStore, key: str) -> Any:
 
 
 def _rows(store: ObjectStore, key: str = "metrics.jsonl") -> list[dict[str, Any]]:
-    try:
-        raw = store.get_bytes(key).decode()
-    except StorageError:
-        return []
-    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return read_jsonl(store, key)
 
 
 def _listed_json(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:

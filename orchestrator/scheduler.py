@@ -1,7 +1,8 @@
 """The background scheduler: keeps ticking the job manager while jobs are queued or running.
 
-One per ORCH_HOME (an exclusive file lock); it exits by itself when no job is left to watch, so
-nothing lingers. Any `orch` command also ticks, so a dead scheduler loses nothing: the next command
+One per ORCH_HOME (an exclusive file lock); it exits by itself when no job or campaign is left to watch,
+or when none of their clusters has answered for GIVE_UP_S, so nothing lingers. Any `orch` command also
+ticks, so a dead scheduler loses nothing: the next command
 reconciles and, if jobs remain, starts a new scheduler.
 """
 
@@ -15,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from cluster.address import ClusterUnavailable, check_reachable
 from orchestrator.states import ACTIVE_STATES, JobState
 
 POLL_S = 1.0
+GIVE_UP_S = 600.0
 log = logging.getLogger("orch.scheduler")
 
 
@@ -48,6 +51,16 @@ def ensure_scheduler(home: Path) -> None:
                          stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "ORCH_HOME": str(home)})
 
 
+def any_cluster_answers(urls: set[str]) -> bool:
+    for url in urls:
+        try:
+            check_reachable(url)
+            return True
+        except ClusterUnavailable:
+            continue
+    return False
+
+
 def main() -> int:
     from orchestrator.manager import JobManager
 
@@ -58,7 +71,14 @@ def main() -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0  # another scheduler has it
-        while manager.db.list(states=[JobState.QUEUED, *ACTIVE_STATES], kind="job"):
+        last_answer = time.monotonic()
+        while watched := manager.db.list(states=[JobState.QUEUED, *ACTIVE_STATES]):
+            if any_cluster_answers({rec.ray_address for rec in watched if rec.ray_address}):
+                last_answer = time.monotonic()
+            elif time.monotonic() - last_answer > GIVE_UP_S:
+                log.warning("no cluster has answered for %.0f s; exiting (the next orch command starts a new "
+                            "scheduler)", GIVE_UP_S)
+                return 0
             try:
                 manager.tick()
             except Exception:  # keep watching: a passing cluster or storage error must not strand the queue

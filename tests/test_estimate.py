@@ -205,6 +205,7 @@ def test_manager_submit_refuses_before_writing_and_force_overrides(tmp_path, mon
     monkeypatch.setenv("ORCH_WORKER_MEMORY_GB", "0.5")  # less than one worker's runtime alone
     monkeypatch.setattr(manager_module, "cluster_totals", lambda url: {"CPU": 2.0, "GPU": 0.0})
     mgr = JobManager(address=URL)
+    mgr._shares_machine[URL] = True  # the fake cluster runs here
     mgr._ray[URL] = FakeRay()
     with pytest.raises(OrchError, match="ORCH_WORKER_MEMORY_GB"):
         mgr.submit(spec())

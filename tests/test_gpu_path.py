@@ -66,3 +66,13 @@ def test_adamw_is_fused_only_on_cuda(device, offload, fused):
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["fused"] is fused
     assert optimizer.defaults["lr"] == spec.train.lr and optimizer.defaults["weight_decay"] == spec.train.weight_decay
+
+
+def test_remote_cluster_gets_no_paths_or_profiles_from_this_machine(monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "dev")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.internal:9000")
+    local = job_runtime_env(False, None, {}, None, same_machine=True)["env_vars"]
+    remote = job_runtime_env(False, None, {}, None, same_machine=False)["env_vars"]
+    assert local["AWS_PROFILE"] == "dev" and "TORCH_EXTENSIONS_DIR" in local
+    assert "AWS_PROFILE" not in remote and "TORCH_EXTENSIONS_DIR" not in remote and "ORCH_HOME" not in remote
+    assert remote["AWS_ENDPOINT_URL"] == "http://s3.internal:9000"

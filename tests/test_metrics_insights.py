@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from orchestrator.metrics_log import MetricsLog
+from orchestrator.metrics_log import MetricsLog, read_jsonl
 from orchestrator.spec import load_spec_file
 from orchestrator.step_metrics import health_metrics
 from orchestrator.storage import open_store
@@ -73,3 +73,10 @@ def test_grad_norm_and_mfu(monkeypatch):
     extra = health_metrics(_Engine(2.0), spec, {"tokens_per_s": 1000.0}, 2)
     # 120,576-parameter GPT: 797,184 training FLOPs per token (6N + attention), 2 workers at 1 GFLOP/s peak.
     assert extra["mfu"] == pytest.approx(1000.0 * 797_184 / 2e9)
+
+
+def test_a_damaged_metrics_line_is_skipped_not_fatal(tmp_path):
+    store = open_store(tmp_path.as_uri())
+    store.put_bytes("metrics.jsonl", b'{"step": 1, "loss": 4.0}\n[1, 2]\n{"step": 2, "loss": 3.5}\n{"step": 3, "lo')
+    assert read_jsonl(store) == [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.5}]
+    assert read_jsonl(store, "missing.jsonl") == []

@@ -59,11 +59,7 @@ def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
 
     for trial_job in (job, *campaign.probe_jobs()):  # the biggest model in the space must fit a worker too
         check_fits_cluster(trial_job, url)
-    if campaign.secrets and not manager.is_local:
-        raise OrchError(
-            f"env: {', '.join(sorted(campaign.secrets))} look like secrets, and a remote cluster's job settings "
-            "are readable by anyone with dashboard access. Configure them on the cluster's nodes and remove them."
-        )
+    manager.check_cluster_reaches(url, base, campaign.secrets)
     fits = math.floor(totals["CPU"] / trial_cpus + 1e-9) if trial_cpus else spec.trial_count()
     if trial_gpus:
         fits = min(fits, math.floor(totals["GPU"] / trial_gpus + 1e-9))
@@ -76,7 +72,8 @@ def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
     rec = JobRecord(id=campaign_id, name=spec.name, state=JobState.QUEUED, storage_uri=store.uri, spec=record,
                     kind=KIND, ray_address=url, cpus=running * trial_cpus, gpus=running * trial_gpus)
     # Before the record, as for jobs: whoever launches it looks for this file.
-    secrets_file = write_secrets_file(manager.secrets_dir, campaign_id, campaign.secrets) if manager.is_local else None
+    secrets_file = (write_secrets_file(manager.secrets_dir, campaign_id, campaign.secrets)
+                    if manager.shares_machine(url) else None)
     try:
         manager.db.insert(rec)
     except OrchError:
@@ -101,8 +98,8 @@ def launch_campaign(manager: JobManager, rec: JobRecord) -> bool:
         secrets_file = manager.secrets_dir / f"{rec.id}.env"
         runtime_env = job_runtime_env(job.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
                                       {k: v for k, v in job.env.items() if k not in job.secret_env()},
-                                      job.working_dir)
-        entrypoint = campaign_entrypoint(rec.id, rec.storage_uri, manager._is_local_url(rec.ray_address))
+                                      job.working_dir, manager.shares_machine(rec.ray_address))
+        entrypoint = campaign_entrypoint(rec.id, rec.storage_uri, manager.shares_machine(rec.ray_address))
         ray.submit(submission_id, entrypoint, runtime_env,
                    metadata={"orch_campaign_id": rec.id, "orch_name": rec.name})
     except OrchError as exc:
@@ -118,12 +115,11 @@ def launch_campaign(manager: JobManager, rec: JobRecord) -> bool:
 
 def reconcile_campaign(manager: JobManager, rec: JobRecord) -> JobRecord:
     """Bring an active campaign record in line with Ray (its driver's state) and campaign.json (progress)."""
-    local = manager._is_local_url(rec.ray_address)
     try:
         status, ray_message = manager.ray_for(rec.ray_address).status(ray_submission_id(rec))
     except (ClusterUnavailable, ConnectionError, RuntimeError):
-        if not local:
-            return rec  # a remote cluster may be back later; do not guess
+        if not manager.local.was_embedded(rec.ray_address):
+            return rec  # another cluster may be back later (its driver still running); do not guess
         status, ray_message = None, "the local Ray cluster it ran on has stopped"
     summary = read_summary(open_store(rec.storage_uri))
     target = JobManager._target_state(rec, status)
@@ -159,8 +155,9 @@ def resume_campaign(manager: JobManager, campaign_id: str) -> JobRecord:
     if rec.state not in (JobState.FAILED, JobState.CANCELLED):
         raise OrchError(f"Campaign {campaign_id} is {rec.state.value}; only FAILED or CANCELLED campaigns can be "
                         "resumed.")
-    url = manager.cluster_url(start=True)
-    if manager.is_local and not (manager.secrets_dir / f"{campaign_id}.env").exists():
+    url = manager.resume_url(rec)
+    manager.check_cluster_reaches(url, open_store(rec.storage_uri), {})
+    if manager.shares_machine(url) and not (manager.secrets_dir / f"{campaign_id}.env").exists():
         write_secrets_file(manager.secrets_dir, campaign_id, {})
     manager.db.update(campaign_id, cancel_requested=False, ray_address=url)
     manager.db.transition(campaign_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")

@@ -7,7 +7,6 @@ report carries (a trial resumed from a checkpoint continues its count, unlike `t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ray import tune
@@ -17,7 +16,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from orchestrator.campaign.spec import Campaign, CampaignSpec, ParamSpec
-from orchestrator.storage import ObjectStore, StorageError
+from orchestrator.metrics_log import read_jsonl
+from orchestrator.storage import ObjectStore
 
 TIME_ATTR = "step"
 
@@ -114,11 +114,7 @@ def steps_in_storage(trials_store: ObjectStore) -> dict[str, int]:
         trial_id, _, name = info.key.partition("/")
         if name != "metrics.jsonl":
             continue
-        try:
-            lines = trials_store.get_bytes(info.key).decode().splitlines()
-        except StorageError:
-            continue
-        steps[trial_id] = max((json.loads(line).get("step", 0) for line in lines if line.strip()), default=0)
+        steps[trial_id] = max((row.get("step", 0) for row in read_jsonl(trials_store, info.key)), default=0)
     return steps
 
 

@@ -35,6 +35,7 @@ class FakeRay:
 @pytest.fixture
 def setup(tmp_path):
     manager = JobManager(home=tmp_path / "home", address=URL)
+    manager._shares_machine[URL] = True  # the fake cluster runs here
     ray = FakeRay()
     manager._ray[URL] = ray
     campaign = resolve_campaign({"name": "c", "base": "mlp-digits.yaml", "metric": "eval_accuracy", "mode": "max",

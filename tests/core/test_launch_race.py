@@ -15,6 +15,7 @@ def manager(tmp_path, monkeypatch) -> JobManager:
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(manager_module, "cluster_totals", lambda url: {"CPU": 2.0, "GPU": 0.0})
     mgr = JobManager(address=URL)
+    mgr._shares_machine[URL] = True  # the fake cluster runs here
     mgr._ray[URL] = FakeRay()
     return mgr
 
@@ -23,6 +24,7 @@ def test_a_second_process_does_not_launch_while_one_is_launching(manager):
     rec = manager.submit(_spec("held", workers=1))
     assert rec.state == JobState.STARTING
     other = JobManager(address=URL)  # another `orch` process, same ORCH_HOME
+    other._shares_machine[URL] = True  # the fake cluster runs here
     other._ray[URL] = manager._ray[URL]
     with manager._launch_lock() as mine:
         assert mine

@@ -43,6 +43,7 @@ def manager(tmp_path, monkeypatch):
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(manager_module, "cluster_totals", lambda url: {"CPU": 2.0, "GPU": 0.0})
     mgr = JobManager(address=URL)
+    mgr._shares_machine[URL] = True  # the fake cluster runs here
     mgr._ray[URL] = FakeRay()
     return mgr
 
@@ -150,3 +151,36 @@ def test_driver_verdict_in_ray_logs_is_used_when_storage_could_not_take_it(manag
     final = manager.db.get(rec.id)
     assert final.state == JobState.FAILED and final.submissions == 1  # a verdict: not resubmitted
     assert final.message == "StorageError: 3 checkpoints in a row could not be uploaded"
+
+
+def test_a_cluster_on_another_machine_is_refused_local_storage(manager):
+    manager.address, manager._shares_machine[URL] = URL, False  # e.g. a kubectl port-forward to a remote head
+    with pytest.raises(OrchError, match=r"storage: file://.* runs elsewhere .* s3://"):
+        manager.submit(_spec("remote"))
+    assert manager.db.list() == [] and not (manager.home / "storage").exists()
+
+
+def test_a_job_on_an_unreachable_cluster_that_is_not_ours_stays_as_it_is(manager):
+    rec = manager.submit(_spec("far"))
+    manager._ray[URL].statuses[rec.id] = "RUNNING"
+    manager.tick()
+
+    class Unreachable(FakeRay):
+        def status(self, submission_id):
+            raise manager_module.ClusterUnavailable("down")
+
+    manager._ray[URL] = Unreachable()
+    manager.tick()
+    # Not the embedded cluster: it may come back with the job still running, so it is neither failed nor rerun.
+    assert manager.db.get(rec.id).state == JobState.RUNNING
+
+
+def test_resume_without_address_goes_back_to_the_cluster_the_job_ran_on(manager):
+    rec = manager.submit(_spec("home"))
+    manager._ray[URL].statuses[rec.id] = "RUNNING"
+    manager.tick()
+    manager.cancel(rec.id)
+    manager.address = None  # the next command runs without --address: no embedded cluster is started for it
+    resumed = manager.resume(rec.id)
+    assert resumed.ray_address == URL and resumed.state == JobState.STARTING
+    assert not (manager.home / "cluster" / "cluster.json").exists()

@@ -21,7 +21,7 @@ def _tune(orch, campaign: Path, *args: str, timeout: float = 900):
     return proc.stdout.strip().splitlines()[-1], proc
 
 
-def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_reported(orch):
+def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_reported(orch, tmp_path):
     campaign_id, proc = _tune(orch, REPO / "jobs/examples/tune-mlp-asha.yaml", "--wait")
     assert proc.returncode == 0, proc.stderr
     assert "SUCCEEDED" in proc.stderr and "stopped early" in proc.stderr  # the live progress lines
@@ -55,20 +55,16 @@ def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_r
     assert committed_steps(trial_root) == [120]
     assert best["checkpoint_uri"] == (trial_root / "checkpoints" / "step-000120").as_uri()
 
-    # The best trial's saved model scores exactly the accuracy the trial reported (mlp evaluates the whole
-    # validation split, as evaluate_accuracy does).
-    from jobs.mlp.config import MLPDataConfig, MLPModelConfig
-    from jobs.mlp.predict import evaluate_accuracy, load_model
-    from orchestrator.export import consolidated_state_dict
-    from orchestrator.spec import parse_spec
-    from orchestrator.storage import open_store
-
-    spec = parse_spec(yaml.safe_load((trial_root / "spec.yaml").read_text()))
-    assert spec.train.lr == best["config"]["train.lr"]
-    assert spec.model["hidden_sizes"] == best["config"]["model.hidden_sizes"]
-    state = consolidated_state_dict(open_store(trial_root.as_uri()), best["checkpoint_step"])
-    accuracy = evaluate_accuracy(load_model(state, MLPModelConfig(**spec.model)), MLPDataConfig(**spec.data))
-    assert abs(accuracy - best["value"]) <= 1e-6, (accuracy, best["value"])
+    # The best trial, exported through the CLI, scores exactly the accuracy it reported (mlp evaluates the whole
+    # validation split, as `orch predict` does).
+    spec = yaml.safe_load((trial_root / "spec.yaml").read_text())
+    assert spec["train"]["lr"] == best["config"]["train.lr"]
+    assert spec["model"]["hidden_sizes"] == best["config"]["model.hidden_sizes"]
+    exported = tmp_path / "best.pt"
+    assert f"of {campaign_id}" in orch.run("export", campaign_id, "--out", str(exported)).stdout  # best by default
+    predicted = json.loads(orch.run("predict", campaign_id, "--model", str(exported), "--json").stdout)
+    assert abs(predicted["accuracy"] - best["value"]) <= 1e-6, (predicted["accuracy"], best["value"])
+    assert "OK" in orch.run("verify", campaign_id, "--trial", best["id"]).stdout
 
     table = orch.run("status", campaign_id).stdout
     assert "Leaderboard" in table and best["id"] in table and "STOPPED" in table
