@@ -1,4 +1,4 @@
-"""Estimated vs measured model-state memory per worker, ZeRO 1/2/3 on 1 and 2 workers, as a markdown table.
+"""Estimated vs measured model-state memory per worker, ZeRO 0-3 on 1 and 2 workers, as a markdown table.
 
 Runs real `orch submit` jobs (a few steps each) and reads what each rank measured at its first optimizer
 update (workers/rank-XXXXX.json, see orchestrator/memstats.py), next to orchestrator/estimate.py's numbers,
@@ -46,7 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="spec override for every run")
     parser.add_argument("--address", help="an existing Ray dashboard (default: start a local cluster)")
-    parser.add_argument("--stages", default="1,2,3")
+    parser.add_argument("--stages", default="0,1,2,3")
     parser.add_argument("--workers", default="1,2")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="orch-bench-memory-"))

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.progress import follow_job
 from orchestrator.store import JobRecord
 
 out = Console(highlight=False, soft_wrap=True)
@@ -54,12 +54,12 @@ def _finish(manager: Any, rec: JobRecord, wait: bool) -> int:
         err.print(f"Follow it with: orch status {rec.id}")
         print(rec.id)
         return 0
-    rec = follow_campaign(manager, rec.id, err)
+    rec = follow_job(manager, rec.id, err, line=campaign_progress_line)
     print(rec.id)
     return 0 if rec.state.value == "SUCCEEDED" else 1
 
 
-def progress_line(rec: JobRecord) -> Text:
+def campaign_progress_line(rec: JobRecord) -> Text:
     m = rec.metrics
     parts = [f"{rec.id}  {rec.state.value}"]
     if "total" in m:
@@ -75,26 +75,6 @@ def progress_line(rec: JobRecord) -> Text:
     return Text("  ".join(parts))
 
 
-def follow_campaign(manager: Any, campaign_id: str, console: Console) -> JobRecord:
-    """Poll until the campaign ends: a live line on a terminal, a new line per change otherwise."""
-    if console.is_terminal:
-        with Live(console=console, refresh_per_second=4) as live:
-            rec = manager.wait(campaign_id, on_update=lambda r: live.update(progress_line(r)))
-    else:
-        last = [""]
-
-        def show(r: JobRecord) -> None:
-            line = progress_line(r).plain
-            if line != last[0]:
-                console.print(line)
-                last[0] = line
-
-        rec = manager.wait(campaign_id, on_update=show)
-    style = "green" if rec.state.value == "SUCCEEDED" else "red"
-    console.print(f"[{style}]{rec.state.value}[/]" + (f": {escape(rec.message)}" if rec.message else ""))
-    return rec
-
-
 def show_campaign(rec: JobRecord, as_json: bool) -> int:
     """`orch status CAMPAIGN`: the record, the best trial and a leaderboard of every trial."""
     from orchestrator.campaign.manager import campaign_status
@@ -106,7 +86,7 @@ def show_campaign(rec: JobRecord, as_json: bool) -> int:
         return 0
     out.print(f"[bold]{rec.id}[/]  campaign  {_styled(rec.state.value)}"
               + (f"  {escape(rec.message)}" if rec.message else ""))
-    out.print(progress_line(rec))
+    out.print(campaign_progress_line(rec))
     best = status["best_trial"]
     if best:
         out.print(f"best: trial {best['id']}  {best['metric']} = {best['value']:.6g} at step {best['step']}  "

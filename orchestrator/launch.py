@@ -76,11 +76,11 @@ def load_secrets_file() -> None:
     os.environ.update(json.loads(Path(path).read_text()))
 
 
-def driver_entrypoint(job_id: str, job_store_uri: str, local_cluster: bool) -> str:
+def driver_entrypoint(module: str, id_flag: str, record_id: str, store_uri: str, local_cluster: bool) -> str:
+    """`python -m <driver module> <id flag> ID --store URI`, the Ray job's command line."""
     # The embedded cluster runs our own interpreter; a remote cluster has its own `python` on PATH.
     python = sys.executable if local_cluster else "python"
-    return " ".join(shlex.quote(p) for p in (
-        python, "-m", "orchestrator.driver", "--job-id", job_id, "--store", job_store_uri))
+    return " ".join(shlex.quote(p) for p in (python, "-m", module, id_flag, record_id, "--store", store_uri))
 
 
 class RayJobs:

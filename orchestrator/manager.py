@@ -90,13 +90,19 @@ class JobManager:
         info = self.local.up() if start else self.local.info()
         return info.dashboard_url if info else None
 
-    def resume_url(self, rec: JobRecord) -> str:
-        """Resume where the job ran, unless --address says otherwise or that was an embedded cluster now gone."""
+    def prepare_resume(self, rec: JobRecord) -> None:
+        """Point a job or campaign about to be resumed at its cluster: where it ran, unless --address says
+        otherwise or that was an embedded cluster now gone. Its secrets file is written again from this
+        command's environment (a finished run removes it)."""
         if self.address is None and rec.ray_address and not self.local.was_embedded(rec.ray_address):
-            return rec.ray_address
-        url = self.cluster_url(start=True)
-        assert url is not None
-        return url
+            url = rec.ray_address
+        else:
+            url = self.cluster_url(start=True)
+            assert url is not None
+        self.check_cluster_reaches(url, open_store(rec.storage_uri), {})
+        self.db.update(rec.id, cancel_requested=False, ray_address=url)
+        if self.shares_machine(url) and not (self.secrets_dir / f"{rec.id}.env").exists():
+            write_secrets_file(self.secrets_dir, rec.id, {})
 
     def check_cluster_reaches(self, url: str, storage: ObjectStore, secrets: dict[str, str]) -> None:
         """Refuse what a cluster on another machine could not use: files on this disk, secrets in job settings."""
@@ -149,15 +155,7 @@ class JobManager:
         job_store.put_bytes("spec.yaml", yaml.safe_dump(spec.redacted(), sort_keys=False).encode())
         rec = JobRecord(id=job_id, name=spec.name, state=JobState.QUEUED, storage_uri=job_store.uri,
                         spec=spec.redacted(), ray_address=url, cpus=need_cpu, gpus=need_gpu)
-        # Before the record: once it exists, a background scheduler may launch the job and look for this file.
-        secrets_file = (write_secrets_file(self.secrets_dir, job_id, spec.secret_env())
-                        if self.shares_machine(url) else None)
-        try:
-            self.db.insert(rec)
-        except OrchError:
-            if secrets_file is not None:
-                secrets_file.unlink(missing_ok=True)
-            raise
+        self.record(rec, spec.secret_env())
         self.tick()
         return self.db.get(job_id)
 
@@ -223,7 +221,13 @@ class JobManager:
                 free["GPU"] -= rec.gpus
 
     def launch(self, rec: JobRecord) -> bool:
-        """Hand a QUEUED job to Ray, then mark it STARTING. Called under the launch lock.
+        """Start a QUEUED job's driver on Ray. Called under the launch lock."""
+        return self.hand_to_ray(rec, lambda: parse_spec(rec.spec, source=f"job {rec.id} spec"),
+                                "orchestrator.driver", "--job-id", {"orch_job_id": rec.id})
+
+    def hand_to_ray(self, rec: JobRecord, job_spec: Callable[[], JobSpec], driver_module: str, id_flag: str,
+                    metadata: dict[str, str]) -> bool:
+        """Hand a QUEUED record's driver (a job's or a campaign's) to Ray, then mark it STARTING.
 
         Ray gets it first, so anyone who sees STARTING can ask Ray about it. If this process dies in between,
         the next launch submits the same submission id again, which Ray refuses as a duplicate: never run twice.
@@ -235,13 +239,14 @@ class JobManager:
         submission_id = ray_submission_id(replace(rec, submissions=submissions))
         ray = self.ray_for(rec.ray_address)
         try:
-            spec = parse_spec(rec.spec, source=f"job {rec.id} spec")
+            spec = job_spec()
+            same_machine = self.shares_machine(rec.ray_address)
             secrets_file = self.secrets_dir / f"{rec.id}.env"
             runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
                                           {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
-                                          spec.working_dir, self.shares_machine(rec.ray_address))
-            ray.submit(submission_id, driver_entrypoint(rec.id, rec.storage_uri, self.shares_machine(rec.ray_address)),
-                       runtime_env, metadata={"orch_job_id": rec.id, "orch_name": rec.name})
+                                          spec.working_dir, same_machine)
+            entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
+            ray.submit(submission_id, entrypoint, runtime_env, metadata={**metadata, "orch_name": rec.name})
         except OrchError as exc:
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
                                finished_at=utc_now(), message=str(exc))
@@ -251,6 +256,18 @@ class JobManager:
             ray.stop(submission_id)  # cancelled while Ray was taking it
             return False
         return True
+
+    def record(self, rec: JobRecord, secrets: dict[str, str]) -> None:
+        """Insert a new record, its secrets file written first: once the record exists, a background scheduler
+        may launch it and look for that file."""
+        secrets_file = (write_secrets_file(self.secrets_dir, rec.id, secrets)
+                        if self.shares_machine(rec.ray_address) else None)
+        try:
+            self.db.insert(rec)
+        except OrchError:
+            if secrets_file is not None:
+                secrets_file.unlink(missing_ok=True)
+            raise
 
     def reconcile(self, rec: JobRecord) -> JobRecord:
         """Bring one active record in line with Ray (state) and storage (metrics, attempts, result)."""
@@ -340,13 +357,8 @@ class JobManager:
         rec = self.db.get(job_id)
         if rec.state not in (JobState.FAILED, JobState.CANCELLED):
             raise OrchError(f"Job {job_id} is {rec.state.value}; only FAILED or CANCELLED jobs can be resumed.")
-        url = self.resume_url(rec)
-        job_store = open_store(rec.storage_uri)
-        self.check_cluster_reaches(url, job_store, {})
-        job_store.delete("result.json")
-        self.db.update(job_id, cancel_requested=False, ray_address=url)
-        if self.shares_machine(url) and not (self.secrets_dir / f"{job_id}.env").exists():
-            write_secrets_file(self.secrets_dir, job_id, {})
+        self.prepare_resume(rec)
+        open_store(rec.storage_uri).delete("result.json")
         self.db.transition(job_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
         self.tick()
         return self.db.get(job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -35,19 +35,21 @@ def progress_line(rec: JobRecord) -> Text:
     return Text("  ".join(parts))
 
 
-def follow_job(manager: Any, job_id: str, console: Console) -> JobRecord:
-    """Poll until the job ends: a live line on a terminal, a new line per change otherwise (logs, CI)."""
+def follow_job(manager: Any, job_id: str, console: Console,
+               line: Callable[[JobRecord], Text] = progress_line) -> JobRecord:
+    """Poll until the job (or campaign, with its own `line`) ends: a live line on a terminal, a new line per
+    change otherwise (logs, CI)."""
     if console.is_terminal:
         with Live(console=console, refresh_per_second=4) as live:
-            rec = manager.wait(job_id, on_update=lambda r: live.update(progress_line(r)))
+            rec = manager.wait(job_id, on_update=lambda r: live.update(line(r)))
     else:
         last: list[str] = [""]
 
         def show(r: JobRecord) -> None:
-            line = progress_line(r).plain
-            if line != last[0]:
-                console.print(line)
-                last[0] = line
+            text = line(r).plain
+            if text != last[0]:
+                console.print(text)
+                last[0] = text
 
         rec = manager.wait(job_id, on_update=show)
     style = "green" if rec.state.value == "SUCCEEDED" else "red"

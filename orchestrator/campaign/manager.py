@@ -10,9 +10,6 @@ and the record's CPU count (its concurrent trials) keeps queued jobs from crowdi
 from __future__ import annotations
 
 import math
-import shlex
-import sys
-from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -21,7 +18,6 @@ from cluster.address import ClusterUnavailable, cluster_totals
 from orchestrator.campaign.report import PLOT_FILE, read_summary
 from orchestrator.campaign.spec import Campaign
 from orchestrator.errors import OrchError
-from orchestrator.launch import job_runtime_env, write_secrets_file
 from orchestrator.manager import JobManager, new_job_id, ray_submission_id
 from orchestrator.settings import default_storage_uri
 from orchestrator.spec import parse_spec
@@ -30,12 +26,6 @@ from orchestrator.storage import open_store
 from orchestrator.store import JobRecord, utc_now
 
 KIND = "campaign"
-
-
-def campaign_entrypoint(campaign_id: str, store_uri: str, local_cluster: bool) -> str:
-    python = sys.executable if local_cluster else "python"
-    return " ".join(shlex.quote(p) for p in (
-        python, "-m", "orchestrator.campaign.driver", "--campaign-id", campaign_id, "--store", store_uri))
 
 
 def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
@@ -71,46 +61,15 @@ def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
     running = min(concurrency, fits)
     rec = JobRecord(id=campaign_id, name=spec.name, state=JobState.QUEUED, storage_uri=store.uri, spec=record,
                     kind=KIND, ray_address=url, cpus=running * trial_cpus, gpus=running * trial_gpus)
-    # Before the record, as for jobs: whoever launches it looks for this file.
-    secrets_file = (write_secrets_file(manager.secrets_dir, campaign_id, campaign.secrets)
-                    if manager.shares_machine(url) else None)
-    try:
-        manager.db.insert(rec)
-    except OrchError:
-        if secrets_file is not None:
-            secrets_file.unlink(missing_ok=True)
-        raise
+    manager.record(rec, campaign.secrets)
     launch_campaign(manager, rec)
     return manager.db.get(campaign_id)
 
 
 def launch_campaign(manager: JobManager, rec: JobRecord) -> bool:
-    """Hand a QUEUED campaign's driver to Ray, then mark it STARTING (the order JobManager.launch uses: a
-    retried launch submits the same submission id, which Ray refuses as a duplicate)."""
-    rec = manager.db.get(rec.id)
-    if rec.state != JobState.QUEUED:
-        return False
-    submissions = rec.submissions + 1
-    submission_id = ray_submission_id(replace(rec, submissions=submissions))
-    ray = manager.ray_for(rec.ray_address)
-    try:
-        job = parse_spec(rec.spec["base"], source=f"campaign {rec.id} base job spec")
-        secrets_file = manager.secrets_dir / f"{rec.id}.env"
-        runtime_env = job_runtime_env(job.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
-                                      {k: v for k, v in job.env.items() if k not in job.secret_env()},
-                                      job.working_dir, manager.shares_machine(rec.ray_address))
-        entrypoint = campaign_entrypoint(rec.id, rec.storage_uri, manager.shares_machine(rec.ray_address))
-        ray.submit(submission_id, entrypoint, runtime_env,
-                   metadata={"orch_campaign_id": rec.id, "orch_name": rec.name})
-    except OrchError as exc:
-        manager.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
-                              finished_at=utc_now(), message=str(exc))
-        return False
-    if not manager.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
-                                 started_at=utc_now(), message=""):
-        ray.stop(submission_id)  # cancelled while Ray was taking it
-        return False
-    return True
+    """Start a QUEUED campaign's driver on Ray, as JobManager.launch does for a job's."""
+    return manager.hand_to_ray(rec, lambda: parse_spec(rec.spec["base"], source=f"campaign {rec.id} base job spec"),
+                               "orchestrator.campaign.driver", "--campaign-id", {"orch_campaign_id": rec.id})
 
 
 def reconcile_campaign(manager: JobManager, rec: JobRecord) -> JobRecord:
@@ -155,11 +114,7 @@ def resume_campaign(manager: JobManager, campaign_id: str) -> JobRecord:
     if rec.state not in (JobState.FAILED, JobState.CANCELLED):
         raise OrchError(f"Campaign {campaign_id} is {rec.state.value}; only FAILED or CANCELLED campaigns can be "
                         "resumed.")
-    url = manager.resume_url(rec)
-    manager.check_cluster_reaches(url, open_store(rec.storage_uri), {})
-    if manager.shares_machine(url) and not (manager.secrets_dir / f"{campaign_id}.env").exists():
-        write_secrets_file(manager.secrets_dir, campaign_id, {})
-    manager.db.update(campaign_id, cancel_requested=False, ray_address=url)
+    manager.prepare_resume(rec)
     manager.db.transition(campaign_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
     launch_campaign(manager, manager.db.get(campaign_id))
     return manager.db.get(campaign_id)
