@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=[*IN_PROCESS, *SCRIPTS])
     args = parser.parse_args()
     wanted = args.only or [*IN_PROCESS, *SCRIPTS]
-    sections = []
+    sections: dict[str, str] = {}
     with Bench() as bench:
         for name in wanted:
             if name in IN_PROCESS:
@@ -52,11 +52,31 @@ def main() -> None:
                 failed = f"Failed in this run:\n\n```\n{proc.stderr[-2000:]}\n```"
                 body = proc.stdout.strip() if proc.returncode == 0 else failed
             print(f"## {title}\n\n{body}\n", flush=True)
-            sections.append(f"## {title}\n\nCommand: `python -m bench.run --only {name}`\n\n{body}\n")
-    header = (f"# Benchmarks\n\nAll figures from `python -m bench.run` on {dt.date.today().isoformat()}.\n\n"
+            sections[name] = (f"## {title}\n\nCommand: `python -m bench.run --only {name}` (run on "
+                              f"{dt.date.today().isoformat()})\n\n{body}\n")
+            write_report(sections)  # after each one: an interrupted run keeps what it measured
+
+
+def write_report(fresh: dict[str, str]) -> None:
+    """Write BENCHMARKS.md; with --only, the other sections keep their figures from the last run."""
+    path = REPO / "BENCHMARKS.md"
+    previous = _sections(path.read_text()) if path.exists() else {}
+    order = [*IN_PROCESS, *SCRIPTS]
+    body = "\n".join(fresh.get(name) or previous[name] for name in order if name in fresh or name in previous)
+    header = (f"# Benchmarks\n\nFigures from `python -m bench.run` (sections dated by their run).\n\n"
               f"Machine: {machine()}.\n\n")
     gpu = f"## GPU: tokens/s and MFU for the GPT job on one H100\n\n{GPU_NOTE}\n"
-    (REPO / "BENCHMARKS.md").write_text(header + "\n".join(sections) + "\n" + gpu)
+    path.write_text(header + body + "\n" + gpu)
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The sections of an existing BENCHMARKS.md by benchmark name (from their `--only NAME` command line)."""
+    found = {}
+    for chunk in text.split("\n## ")[1:]:
+        for name in [*IN_PROCESS, *SCRIPTS]:
+            if f"`python -m bench.run --only {name}`" in chunk:
+                found[name] = "## " + chunk.rstrip("\n") + "\n"
+    return found
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.errors import OrchError
+from orchestrator.units import human_size
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -65,7 +66,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     for r in rows:
         metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
                             if k in ("loss", "eval_loss", "eval_accuracy"))
-        table.add_row(str(r["step"]), r["created"] or "", _size(r["size_bytes"]), _yes(r["committed"]),
+        table.add_row(str(r["step"]), r["created"] or "", human_size(r["size_bytes"]), _yes(r["committed"]),
                       _yes(r["verified"]), metrics)
     out.print(table if rows else f"No checkpoints for {args.job} yet.")
     return 0
@@ -147,14 +148,6 @@ def _load_exported(path: Path) -> dict[str, Any]:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _yes(flag: bool) -> str:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.errors import OrchError
+from orchestrator.units import human_size
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,18 +47,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     for c in est.components:
         per_param = f"{c.bytes / est.params:.2f}" if c.name in MODEL_STATE_COMPONENTS else ""
         where = c.where if spec.scaling.use_gpu else "host"
-        table.add_row(c.name, _size(c.bytes), per_param, where, c.note)
-    table.add_row("[bold]model states[/]", f"[bold]{_size(est.model_states)}[/]",
+        table.add_row(c.name, human_size(c.bytes, 2), per_param, where, c.note)
+    table.add_row("[bold]model states[/]", f"[bold]{human_size(est.model_states, 2)}[/]",
                   f"{est.model_states / est.params:.2f}", "", "params + grads + master + optimizer states")
-    table.add_row("[bold]total[/]", f"[bold]{_size(est.total)}[/]", "", "", "per worker")
+    table.add_row("[bold]total[/]", f"[bold]{human_size(est.total, 2)}[/]", "", "", "per worker")
     out.print(table)
     n = est.num_workers
-    out.print(f"16/N rule (mixed-precision Adam, ZeRO-3): {_size(16 * est.params / n)} per worker; "
-              f"everything on one worker (ZeRO-0 fp32): {_size(16 * est.params)}")
+    out.print(f"16/N rule (mixed-precision Adam, ZeRO-3): {human_size(16 * est.params / n, 2)} per worker; "
+              f"everything on one worker (ZeRO-0 fp32): {human_size(16 * est.params, 2)}")
     if est.deepspeed:
         d = est.deepspeed
-        out.print(f"DeepSpeed {d['function']} ({d['assumes']}): {_size(d['per_gpu_bytes'])} per GPU, "
-                  f"{_size(d['per_node_cpu_bytes'])} host per node")
+        out.print(f"DeepSpeed {d['function']} ({d['assumes']}): {human_size(d['per_gpu_bytes'], 2)} per GPU, "
+                  f"{human_size(d['per_node_cpu_bytes'], 2)} host per node")
     else:
         out.print("DeepSpeed has no estimator for ZeRO-0 (plain data parallel).")
     unit = est.token_unit
@@ -106,14 +107,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         err.print(f"Wrote {target / 'report.html'}")
     print(target / "report.html" if args.out else stored)  # stdout: just the page, for scripts
     return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:

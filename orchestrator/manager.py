@@ -126,16 +126,21 @@ class JobManager:
         return self._ray[url]
 
     # ---- submit ----------------------------------------------------------------------------------
+    def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
+        """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
+        that is it) and the cluster's total CPUs and GPUs."""
+        base = open_store(spec.storage_uri(default_storage_uri()))
+        base.check()
+        url = self.cluster_url(start=True)
+        assert url is not None
+        return base, url, cluster_totals(url)
+
     def submit(self, spec: JobSpec, force: bool = False, memory_per_worker_gb: float | None = None) -> JobRecord:
         """Validate everything that can fail before writing anything, then record, store the spec, queue.
 
         `force` skips the memory admission check; `memory_per_worker_gb` replaces the budget it derives.
         """
-        base = open_store(spec.storage_uri(default_storage_uri()))
-        base.check()
-        url = self.cluster_url(start=True)
-        assert url is not None
-        totals = cluster_totals(url)
+        base, url, totals = self.open_target(spec)
         need_cpu = spec.scaling.num_workers * spec.scaling.cpus_per_worker
         need_gpu = spec.scaling.num_workers * spec.scaling.worker_gpus
         if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:

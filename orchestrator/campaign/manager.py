@@ -14,12 +14,11 @@ from typing import Any
 
 import yaml
 
-from cluster.address import ClusterUnavailable, cluster_totals
+from cluster.address import ClusterUnavailable
 from orchestrator.campaign.report import PLOT_FILE, read_summary
 from orchestrator.campaign.spec import Campaign
 from orchestrator.errors import OrchError
 from orchestrator.manager import JobManager, new_job_id, ray_submission_id
-from orchestrator.settings import default_storage_uri
 from orchestrator.spec import parse_spec
 from orchestrator.states import JobState
 from orchestrator.storage import open_store
@@ -31,11 +30,7 @@ KIND = "campaign"
 def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
     """Check storage and the cluster, store the campaign, record it and start its driver."""
     spec, job = campaign.spec, campaign.base_job
-    base = open_store(job.storage_uri(default_storage_uri()))
-    base.check()
-    url = manager.cluster_url(start=True)
-    assert url is not None
-    totals = cluster_totals(url)
+    base, url, totals = manager.open_target(job)
     trial_cpus = job.scaling.num_workers * job.scaling.cpus_per_worker
     trial_gpus = job.scaling.num_workers * job.scaling.worker_gpus
     if trial_cpus > totals["CPU"] or trial_gpus > totals["GPU"]:
