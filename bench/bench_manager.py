@@ -38,8 +38,8 @@ def run(bench: Bench) -> str:
         submit = []
         for _ in range(REPEATS):
             start = time.perf_counter()
-            job = bench.submit("jobs/examples/mlp-digits.yaml", "train.steps=1", "checkpoint.at_end=false",
-                               "scaling.num_workers=1", wait=False)
+            job = bench.submit("jobs/examples/mlp-digits.yaml", "train.steps=1", "train.warmup_steps=0",
+                               "checkpoint.at_end=false", "scaling.num_workers=1", wait=False)
             submit.append(time.perf_counter() - start)
             bench.orch("cancel", job, check=False)
         rows.append((size, cli_seconds(bench, "list", "--json"), cli_seconds(bench, "status", "filler-00000", "--json"),

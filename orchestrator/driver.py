@@ -23,6 +23,8 @@ from orchestrator.spec import JobSpec, parse_spec
 from orchestrator.storage import ObjectStore, open_store
 from orchestrator.store import utc_now
 
+WORKER_GROUP_START_TRIES = 3
+
 
 def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTrainer (ray imported lazily)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -44,7 +46,10 @@ def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTraine
             name=job_id,
             # Ray Train's own storage only holds its bookkeeping; our checkpoints go to the job store.
             storage_path=os.path.join(tempfile.gettempdir(), "orch-ray-results"),
-            failure_config=FailureConfig(max_failures=spec.failure.max_restarts),
+            # Ray Train retries a worker group that cannot start forever by default; a job that can never get
+            # its workers must fail loudly instead of hanging (each try waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S).
+            failure_config=FailureConfig(max_failures=spec.failure.max_restarts,
+                                         controller_failure_limit=WORKER_GROUP_START_TRIES),
         ),
     )
 
