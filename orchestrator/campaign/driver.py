@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from ray import tune
 
+from orchestrator.campaign.reaper import OrphanedGroupReaper
 from orchestrator.campaign.report import (
     TrialView,
     campaign_summary,
@@ -144,7 +145,7 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
     )
     run_config = tune.RunConfig(
         name=TUNE_DIR, storage_path=storage_path, storage_filesystem=filesystem,
-        callbacks=[CampaignProgress(campaign_id, campaign, store.uri)],
+        callbacks=[CampaignProgress(campaign_id, campaign, store.uri), OrphanedGroupReaper()],
         stop=tuning.stopper(spec, store.child("trials")),
         # A trial's own workers restart under Ray Train (failure.max_restarts); a trial that still fails is final.
         failure_config=tune.FailureConfig(max_failures=0),

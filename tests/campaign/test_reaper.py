@@ -1,0 +1,86 @@
+"""Placement groups left behind by killed trial controllers are found and removed, and only those."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from ray.core.generated import gcs_pb2
+
+from orchestrator.campaign.reaper import orphaned_groups
+
+REPO = Path(__file__).resolve().parents[2]
+OURS, OTHER_JOB = bytes.fromhex("0c000000"), bytes.fromhex("0d000000")
+ACTOR = bytes(16)[:-1] + b"\x01"
+
+
+def group(pid: int, *, job: bytes = OURS, actor: bytes = ACTOR, actor_dead: bool = True, detached: bool = False,
+          state: int = gcs_pb2.PlacementGroupTableData.CREATED) -> gcs_pb2.PlacementGroupTableData:
+    return gcs_pb2.PlacementGroupTableData(placement_group_id=bytes([pid]) * 18, creator_job_id=job,
+                                           creator_actor_id=actor, creator_actor_dead=actor_dead,
+                                           is_detached=detached, state=state)
+
+
+def test_only_live_groups_of_this_job_whose_creating_actor_died_are_orphans():
+    table = [
+        group(1),                                                       # orphan
+        group(2, state=gcs_pb2.PlacementGroupTableData.PENDING),        # orphan still waiting for resources
+        group(3, actor_dead=False),                                     # its controller is alive: in use
+        group(4, job=OTHER_JOB),                                        # another job's
+        group(5, detached=True),                                        # outlives its creator on purpose
+        group(6, state=gcs_pb2.PlacementGroupTableData.REMOVED),        # already gone
+        group(7, actor=b""),                                            # created by the driver, not an actor
+    ]
+    assert orphaned_groups(table, OURS) == [bytes([1]) * 18, bytes([2]) * 18]
+
+
+PROBE = textwrap.dedent("""
+    import json, time
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group
+    from orchestrator.campaign.reaper import remove_orphaned_groups
+
+    ray.init(num_cpus=2, include_dashboard=False)
+
+    @ray.remote(num_cpus=0)
+    class Controller:  # stands in for a Ray Train controller: it reserves its workers' CPUs
+        def reserve(self):
+            pg = placement_group([{"CPU": 1}])
+            ray.get(pg.ready())
+            return pg.id.binary()
+
+    def state(pg_id):
+        return ray.util.placement_group_table(PlacementGroup(ray.PlacementGroupID(pg_id)))["state"]
+
+    alive = Controller.remote()
+    kept = ray.get(alive.reserve.remote())
+    killed = Controller.remote()
+    leaked = ray.get(killed.reserve.remote())
+    ray.kill(killed)
+    deadline = time.monotonic() + 30
+    while remove_orphaned_groups() == 0:  # 0 until the GCS has marked the killed actor dead
+        assert time.monotonic() < deadline, "the killed actor's group was never found"
+        time.sleep(0.2)
+    while ray.available_resources().get("CPU", 0.0) < 1:  # the freed CPU reaches the resource view shortly
+        assert time.monotonic() < deadline, "the leaked group's CPU was never freed"
+        time.sleep(0.2)
+    print(json.dumps({"leaked": state(leaked), "kept": state(kept), "free_cpus": ray.available_resources()["CPU"],
+                      "again": remove_orphaned_groups()}))
+""")
+
+
+@pytest.mark.e2e
+def test_group_of_a_killed_actor_is_removed_and_a_live_ones_kept():
+    # Ray itself keeps the killed actor's group (and its CPU) until the whole job ends.
+    with tempfile.TemporaryDirectory(prefix="orch-reap-", dir="/tmp") as ray_tmp:
+        proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, text=True, capture_output=True, timeout=180,
+                              env={"PATH": "/usr/bin:/bin", "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO),
+                                   "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "leaked": "REMOVED", "kept": "CREATED", "free_cpus": 1.0, "again": 0}
