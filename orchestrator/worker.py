@@ -235,6 +235,9 @@ class WorkerContext:
             return
         # Loss is averaged over ranks and throughput over the steps since the last report.
         row: dict[str, Any] = {"step": step, **metrics, **self._window.rates(self.world_size)}
+        # The next window starts here, so it pays for this report (all-reduce, metrics file, Ray's report):
+        # the throughput users see includes what orchestration costs them.
+        self._window.reset()
         row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
         row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
@@ -242,7 +245,7 @@ class WorkerContext:
         self._report_to_ray(row)
         if checkpointing:
             self.save(engine, step, row)
-        self._window.reset()  # the save stall is not training throughput
+            self._window.reset()  # the save stall is measured on its own (checkpoint_stall_s), not as throughput
 
     @staticmethod
     def _report_to_ray(row: dict[str, Any]) -> None:
