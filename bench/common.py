@@ -74,7 +74,8 @@ def machine() -> str:
     import ray
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+    gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "no GPU"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpus}, Python "
             f"{platform.python_version()}, torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
             f"ray {ray.__version__}")
 

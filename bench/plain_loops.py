@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import time
 
 import torch
@@ -22,7 +23,9 @@ from jobs.gpt.config import GPTDataConfig, GPTModelConfig
 from jobs.gpt.data import TokenDataset, load_tokens
 from jobs.gpt.model import GPT
 
-WARMUP_STEPS = 20
+# Measured like the orch runs (train.report_every=25, bench.common.steady_rate): tokens/s per 25-step window,
+# median of the windows after the first, which holds the warm-up.
+WINDOW_STEPS = 25
 
 
 def main() -> None:
@@ -60,12 +63,15 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
 
     generator = torch.Generator().manual_seed(0)
-    for i in range(args.steps + WARMUP_STEPS):
-        if i == WARMUP_STEPS:
-            start = time.perf_counter()
+    rates = []
+    window_started = time.perf_counter()
+    for i in range(1, args.steps + 1):
         step(*dataset.batch(generator, MICRO_BATCH, cfg.seq_len))
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"tokens_per_s": args.steps * MICRO_BATCH * cfg.seq_len / elapsed}))
+        if i % WINDOW_STEPS == 0:
+            now = time.perf_counter()
+            rates.append(WINDOW_STEPS * MICRO_BATCH * cfg.seq_len / (now - window_started))
+            window_started = now
+    print(json.dumps({"tokens_per_s": statistics.median(rates[1:])}))
 
 
 def _free_port() -> int:
