@@ -28,12 +28,16 @@ def orphaned_groups(table: Iterable[Any], job_id: bytes) -> list[bytes]:
     `table` holds GCS PlacementGroupTableData messages, which (unlike ray.util.placement_group_table())
     say who created each group and whether that creator still lives.
     """
+    import ray
     from ray.core.generated import gcs_pb2
 
     removed = gcs_pb2.PlacementGroupTableData.REMOVED
+    # A group the driver itself created (Tune's per-trial groups) names the nil actor as its creator, and the GCS
+    # counts that creator as dead from the start: those groups live as long as the job and must be left alone.
+    by_driver = ray.ActorID.nil().binary()
     return [pg.placement_group_id for pg in table
             if pg.state != removed and not pg.is_detached and pg.creator_job_id == job_id
-            and pg.creator_actor_id and pg.creator_actor_dead]
+            and pg.creator_actor_id not in (b"", by_driver) and pg.creator_actor_dead]
 
 
 def remove_orphaned_groups() -> int:
@@ -53,19 +57,15 @@ def remove_orphaned_groups() -> int:
 
 
 class OrphanedGroupReaper(Callback):
-    """Runs remove_orphaned_groups every few seconds of the Tune loop, and once at the end."""
+    """Runs remove_orphaned_groups every few seconds of the Tune loop."""
 
     def __init__(self) -> None:
         self._last = 0.0
         self._broken = False
-        self.removed = 0
 
-    def on_step(self, iteration: int, trials: list[Any], **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if time.monotonic() - self._last >= REAP_EVERY_S:
             self._reap()
-
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self._reap()
 
     def _reap(self) -> None:
         self._last = time.monotonic()
@@ -78,5 +78,4 @@ class OrphanedGroupReaper(Callback):
             self._broken = True
             return
         if count:
-            self.removed += count
             print(f"orch: freed {count} placement group(s) left behind by stopped trials", flush=True)

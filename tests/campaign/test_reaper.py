@@ -1,4 +1,5 @@
-"""Placement groups left behind by killed trial controllers are found and removed, and only those."""
+"""Placement groups left behind by killed trial controllers are found and removed, and only those:
+never a live actor's, another job's, or the driver's own (Tune's per-trial groups)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def test_only_live_groups_of_this_job_whose_creating_actor_died_are_orphans():
         group(4, job=OTHER_JOB),                                        # another job's
         group(5, detached=True),                                        # outlives its creator on purpose
         group(6, state=gcs_pb2.PlacementGroupTableData.REMOVED),        # already gone
-        group(7, actor=b""),                                            # created by the driver, not an actor
-    ]
+        group(7, actor=b""),                                            # no creator recorded
+        group(8, actor=b"\xff" * 16),                                   # created by the driver (nil actor id),
+    ]                                                                   # which the GCS marks "dead" from the start
     assert orphaned_groups(table, OURS) == [bytes([1]) * 18, bytes([2]) * 18]
 
 
@@ -45,7 +47,7 @@ PROBE = textwrap.dedent("""
     from ray.util.placement_group import PlacementGroup, placement_group
     from orchestrator.campaign.reaper import remove_orphaned_groups
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=3, include_dashboard=False)
 
     @ray.remote(num_cpus=0)
     class Controller:  # stands in for a Ray Train controller: it reserves its workers' CPUs
@@ -59,6 +61,8 @@ PROBE = textwrap.dedent("""
 
     alive = Controller.remote()
     kept = ray.get(alive.reserve.remote())
+    by_driver = placement_group([{"CPU": 0.5}])  # like Tune's per-trial groups
+    ray.get(by_driver.ready())
     killed = Controller.remote()
     leaked = ray.get(killed.reserve.remote())
     ray.kill(killed)
@@ -66,11 +70,11 @@ PROBE = textwrap.dedent("""
     while remove_orphaned_groups() == 0:  # 0 until the GCS has marked the killed actor dead
         assert time.monotonic() < deadline, "the killed actor's group was never found"
         time.sleep(0.2)
-    while ray.available_resources().get("CPU", 0.0) < 1:  # the freed CPU reaches the resource view shortly
+    while ray.available_resources().get("CPU", 0.0) < 1.5:  # the freed CPU reaches the resource view shortly
         assert time.monotonic() < deadline, "the leaked group's CPU was never freed"
         time.sleep(0.2)
-    print(json.dumps({"leaked": state(leaked), "kept": state(kept), "free_cpus": ray.available_resources()["CPU"],
-                      "again": remove_orphaned_groups()}))
+    print(json.dumps({"leaked": state(leaked), "kept": state(kept), "by_driver": state(by_driver.id.binary()),
+                      "free_cpus": ray.available_resources()["CPU"], "again": remove_orphaned_groups()}))
 """)
 
 
@@ -83,4 +87,52 @@ def test_group_of_a_killed_actor_is_removed_and_a_live_ones_kept():
                                    "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
-        "leaked": "REMOVED", "kept": "CREATED", "free_cpus": 1.0, "again": 0}
+        "leaked": "REMOVED", "kept": "CREATED", "by_driver": "CREATED", "free_cpus": 1.5, "again": 0}
+
+
+IN_TUNE = textwrap.dedent("""
+    import json, os, time
+    import ray
+    from ray import tune
+    from orchestrator.campaign.reaper import OrphanedGroupReaper
+
+    ray.init(num_cpus=2, include_dashboard=False)
+
+    def trial(config):
+        from ray.util.placement_group import PlacementGroup, placement_group
+
+        @ray.remote(num_cpus=0)
+        class Controller:
+            def reserve(self):
+                pg = placement_group([{"CPU": 1}])
+                ray.get(pg.ready())
+                return pg.id.binary()
+
+        controller = Controller.remote()
+        group = ray.get(controller.reserve.remote())
+        ray.kill(controller)  # as when Tune stops a trial mid-abort
+        deadline = time.monotonic() + 40
+        while True:
+            state = ray.util.placement_group_table(PlacementGroup(ray.PlacementGroupID(group)))["state"]
+            if state == "REMOVED" or time.monotonic() > deadline:
+                break
+            tune.report({"state": state})
+            time.sleep(0.5)
+        tune.report({"state": state})
+
+    results = tune.Tuner(tune.with_resources(trial, {"cpu": 0, "memory": 2**27}),
+                         run_config=tune.RunConfig(callbacks=[OrphanedGroupReaper()], verbose=0,
+                                                   storage_path=os.environ["RAY_TMPDIR"] + "/tune")).fit()
+    print(json.dumps({"trial": results[0].metrics["state"], "errors": results.num_errors}))
+""")
+
+
+@pytest.mark.e2e
+def test_reaper_runs_in_the_tune_loop_while_trials_run():
+    with tempfile.TemporaryDirectory(prefix="orch-reap-", dir="/tmp") as ray_tmp:
+        proc = subprocess.run([sys.executable, "-c", IN_TUNE], cwd=REPO, text=True, capture_output=True, timeout=180,
+                              env={"PATH": "/usr/bin:/bin", "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO),
+                                   "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The trial's own Tune group (created by the driver) survived: the trial finished without error.
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"trial": "REMOVED", "errors": 0}
