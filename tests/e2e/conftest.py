@@ -82,6 +82,16 @@ def orch(ray_cluster: dict[str, str], tmp_path: Path) -> Orch:
     return Orch(home=home, env={**ray_cluster, "ORCH_HOME": str(home)})
 
 
+def ray_jobs(address: str) -> Any:
+    """Ray's own Jobs API client, sending the cluster's token the way `orch` does (Ray enables token auth on
+    clusters started where ~/.ray/auth_token exists)."""
+    from ray.job_submission import JobSubmissionClient
+
+    from cluster.address import auth_headers
+
+    return JobSubmissionClient(address, headers=auth_headers() or None)
+
+
 def wait_for(predicate: Any, timeout: float, what: str, poll_s: float = 0.5) -> Any:
     """Poll until predicate() is truthy (bounded); returns its value."""
     import time

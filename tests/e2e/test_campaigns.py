@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, attempts, committed_steps, metrics_rows, wait_for
+from tests.e2e.conftest import REPO, attempts, committed_steps, metrics_rows, ray_jobs, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +71,7 @@ def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_r
 
 
 def _driver_pid(orch, submission_id: str) -> int | None:
-    from ray.job_submission import JobSubmissionClient
-
-    info = JobSubmissionClient(orch.env["ORCH_RAY_ADDRESS"]).get_job_info(submission_id)
+    info = ray_jobs(orch.env["ORCH_RAY_ADDRESS"]).get_job_info(submission_id)
     return int(info.driver_info.pid) if info.driver_info and info.status.value == "RUNNING" else None
 
 

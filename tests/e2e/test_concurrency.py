@@ -18,7 +18,7 @@ from datetime import datetime
 import pytest
 
 from cluster.address import cluster_usage
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, ray_jobs
 from tests.s3server import free_port
 
 pytestmark = pytest.mark.e2e
@@ -93,9 +93,7 @@ def test_twenty_jobs_at_once_queue_fifo_two_at_a_time(orch):
     # The scheduler's own record of it: never more than 2 jobs between launch and finish.
     assert max_overlap([(ts(r["started_at"]), ts(r["finished_at"])) for r in jobs]) <= 2
     # FIFO: `orch list` is in queue (creation) order, and Ray received the jobs in that same order.
-    from ray.job_submission import JobSubmissionClient
-
-    ray_start = {j.submission_id: j.start_time for j in JobSubmissionClient(url).list_jobs() if j.submission_id in ids}
+    ray_start = {j.submission_id: j.start_time for j in ray_jobs(url).list_jobs() if j.submission_id in ids}
     queue_order = [r["id"] for r in jobs]
     assert sorted(queue_order, key=ray_start.__getitem__) == queue_order
     assert [r["started_at"] for r in jobs] == sorted(r["started_at"] for r in jobs)

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from tests.e2e.conftest import attempts, committed_steps, metrics_rows, wait_for
+from tests.e2e.conftest import attempts, committed_steps, metrics_rows, ray_jobs, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,12 +57,10 @@ def test_killed_worker_past_max_restarts_fails_with_reason(orch):
 
 
 def test_killed_driver_is_resubmitted_and_continues(orch):
-    from ray.job_submission import JobSubmissionClient
-
     job_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *LONG_RUN, "failure.max_restarts=1", wait=False)
     root = orch.storage / "jobs" / job_id
     _wait_committed(root, 10)
-    info = JobSubmissionClient(orch.env["ORCH_RAY_ADDRESS"]).get_job_info(job_id)
+    info = ray_jobs(orch.env["ORCH_RAY_ADDRESS"]).get_job_info(job_id)
     os.kill(int(info.driver_info.pid), signal.SIGKILL)
     wait_for(lambda: orch.status(job_id)["state"] in ("SUCCEEDED", "FAILED"), timeout=400, what="job end")
     status = orch.status(job_id)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import ray_jobs, wait_for
 from tests.s3server import SECRET_ACCESS_KEY
 
 pytestmark = pytest.mark.e2e
@@ -93,10 +93,8 @@ def test_secrets_reach_workers_but_are_never_written(orch, s3_server, tmp_path):
     assert "orch: job" in outputs[-1]  # the logs really were read
 
     # Ray's view of the job: what anyone with dashboard access can read.
-    from ray.job_submission import JobSubmissionClient
-
     address = orch.env["ORCH_RAY_ADDRESS"]
-    info = JobSubmissionClient(address).get_job_info(job_id)
+    info = ray_jobs(address).get_job_info(job_id)
     env_vars = info.runtime_env["env_vars"]
     assert env_vars["PLAIN_SETTING"] == "visible-value"
     assert not {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(env_vars)

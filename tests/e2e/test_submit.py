@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from cluster.address import cluster_usage
+from tests.e2e.conftest import ray_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -50,10 +51,8 @@ def test_gpt_zero3_example_trains_to_success_and_stores_everything(orch):
         assert 0.45 * total <= shard["params_local"] <= 0.55 * total, shard
 
     # The Ray Jobs API knows it too (so `ray job list` shows it).
-    from ray.job_submission import JobSubmissionClient
-
-    ray_jobs = {j.submission_id: j.status.value for j in JobSubmissionClient(orch.env["ORCH_RAY_ADDRESS"]).list_jobs()}
-    assert ray_jobs[job_id] == "SUCCEEDED"
+    states = {j.submission_id: j.status.value for j in ray_jobs(orch.env["ORCH_RAY_ADDRESS"]).list_jobs()}
+    assert states[job_id] == "SUCCEEDED"
 
 
 @pytest.mark.parametrize("stage", [1, 2])
