@@ -8,7 +8,7 @@ are gone, and the job here is the campaign driver, so the group would keep its C
 the next trials then wait for workers until Ray Train gives up on them.
 
 A placement group whose creating actor is dead can never be used again (its workers died with their
-controller), so the campaign driver removes the ones its own job created.
+controller), so the campaign driver removes the ones its own job's actors created.
 """
 
 from __future__ import annotations

@@ -41,6 +41,16 @@ def test_only_live_groups_of_this_job_whose_creating_actor_died_are_orphans():
     assert orphaned_groups(table, OURS) == [bytes([1]) * 18, bytes([2]) * 18]
 
 
+def run_on_fresh_ray(script: str) -> dict:
+    """Run `script` as a Ray driver on a Ray instance of its own (it calls ray.init); its last stdout line, as JSON."""
+    with tempfile.TemporaryDirectory(prefix="orch-reap-", dir="/tmp") as ray_tmp:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, text=True, capture_output=True, timeout=180,
+                              env={"PATH": "/usr/bin:/bin", "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO),
+                                   "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 PROBE = textwrap.dedent("""
     import json, time
     import ray
@@ -81,12 +91,7 @@ PROBE = textwrap.dedent("""
 @pytest.mark.e2e
 def test_group_of_a_killed_actor_is_removed_and_a_live_ones_kept():
     # Ray itself keeps the killed actor's group (and its CPU) until the whole job ends.
-    with tempfile.TemporaryDirectory(prefix="orch-reap-", dir="/tmp") as ray_tmp:
-        proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, text=True, capture_output=True, timeout=180,
-                              env={"PATH": "/usr/bin:/bin", "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO),
-                                   "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+    assert run_on_fresh_ray(PROBE) == {
         "leaked": "REMOVED", "kept": "CREATED", "by_driver": "CREATED", "free_cpus": 1.5, "again": 0}
 
 
@@ -129,10 +134,5 @@ IN_TUNE = textwrap.dedent("""
 
 @pytest.mark.e2e
 def test_reaper_runs_in_the_tune_loop_while_trials_run():
-    with tempfile.TemporaryDirectory(prefix="orch-reap-", dir="/tmp") as ray_tmp:
-        proc = subprocess.run([sys.executable, "-c", IN_TUNE], cwd=REPO, text=True, capture_output=True, timeout=180,
-                              env={"PATH": "/usr/bin:/bin", "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO),
-                                   "RAY_USAGE_STATS_ENABLED": "0", "HOME": ray_tmp})
-    assert proc.returncode == 0, proc.stderr[-3000:]
     # The trial's own Tune group (created by the driver) survived: the trial finished without error.
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"trial": "REMOVED", "errors": 0}
+    assert run_on_fresh_ray(IN_TUNE) == {"trial": "REMOVED", "errors": 0}
