@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from cluster.address import ClusterUnavailable, fetch_nodes
+from cluster.address import ClusterUnavailable, auth_headers, fetch_nodes
 from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
 from tests.s3server import S3Server, free_port
 
@@ -113,6 +113,9 @@ class NodeSet:
             **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ORCH_", "RAY_"))},
             **NODE_SETTINGS, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(root),
             "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_CACHE), "PYTHONUNBUFFERED": "1",
+            # Where a token exists, a Ray head turns token auth on by itself, but joining nodes and Ray's CLI
+            # send the token only when told to, as on a real cluster (cluster/ configs set it on every node).
+            **({"RAY_AUTH_MODE": "token"} if auth_headers() else {}),
         }
 
     def _start(self, name: str, args: list[str], marker: str) -> RayNode:
@@ -195,10 +198,12 @@ def remote_orch(ray_nodes: NodeSet, tmp_path: Path) -> Iterator[Orch]:
 
 def _actor_nodes(dashboard_url: str) -> list[str]:
     """Node ids of the live Ray Train worker actors, from the Ray State API."""
-    from ray.util.state import list_actors
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
 
-    actors = list_actors(address=dashboard_url, filters=[("class_name", "=", "RayTrainWorker"),
-                                                         ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    client = StateApiClient(address=dashboard_url, headers=auth_headers() or None)  # the cluster's token, if any
+    actors = client.list(StateResource.ACTORS, options=ListApiOptions(filters=[
+        ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]), raise_on_missing_output=False)
     return sorted(a.node_id for a in actors)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.address import auth_headers
 from tests.e2e.conftest import ray_jobs, wait_for
 from tests.s3server import SECRET_ACCESS_KEY
 
@@ -98,7 +99,8 @@ def test_secrets_reach_workers_but_are_never_written(orch, s3_server, tmp_path):
     env_vars = info.runtime_env["env_vars"]
     assert env_vars["PLAIN_SETTING"] == "visible-value"
     assert not {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(env_vars)
-    with urllib.request.urlopen(f"{address}/api/jobs/", timeout=30) as response:
+    request = urllib.request.Request(f"{address}/api/jobs/", headers=auth_headers())
+    with urllib.request.urlopen(request, timeout=30) as response:
         outputs.append(response.read().decode())
     outputs += [json.dumps(info.runtime_env), json.dumps(info.metadata), info.entrypoint, info.message or ""]
     assert not [o for o in outputs for secret in (SPEC_SECRET, SECRET_ACCESS_KEY) if secret in o]
