@@ -7,14 +7,14 @@ import statistics
 import time
 
 from bench.common import Bench
-from orchestrator.states import JobState
-from orchestrator.store import JobRecord, JobStore
+from orchestrator.control.index import JobIndex, JobRecord
+from orchestrator.core.states import JobState
 
 SIZES = (1, 100, 10_000)
 REPEATS = 3
 
 
-def fill(store: JobStore, count: int, start: int) -> None:
+def fill(store: JobIndex, count: int, start: int) -> None:
     for i in range(start, count):
         store.insert(JobRecord(id=f"filler-{i:05d}", name="filler", state=JobState.SUCCEEDED,
                                storage_uri="file:///nonexistent", spec={"name": "filler"}))
@@ -30,7 +30,7 @@ def cli_seconds(bench: Bench, *args: str) -> float:
 
 
 def run(bench: Bench) -> str:
-    store = JobStore(bench.home / "jobs.db")
+    store = JobIndex(bench.home / "jobs.db")
     rows, filled = [], 0
     for size in SIZES:
         fill(store, size, filled)

@@ -1,7 +1,7 @@
 """Estimated vs measured model-state memory per worker, ZeRO 0-3 on 1 and 2 workers, as a markdown table.
 
 Runs real `orch submit` jobs (a few steps each) and reads what each rank measured at its first optimizer
-update (workers/rank-XXXXX.json, see orchestrator/memstats.py), next to orchestrator/estimate.py's numbers,
+update (workers/rank-XXXXX.json, see orchestrator/runtime/memstats.py), next to orchestrator/core/estimate.py's numbers,
 DeepSpeed's own estimator and the 16/N bytes-per-parameter rule; a 4-worker column comes from the estimator.
 
     python bench/bench_memory.py                       # starts (and stops) its own local Ray cluster
@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.estimate import BYTES, DEFAULT_REDUCE_BUCKET, deepspeed_estimate, estimate  # noqa: E402
-from orchestrator.spec import load_spec_file  # noqa: E402
+from orchestrator.core.estimate import BYTES, DEFAULT_REDUCE_BUCKET, deepspeed_estimate, estimate  # noqa: E402
+from orchestrator.core.spec import load_spec_file  # noqa: E402
 
 SPEC = "jobs/examples/gpt-zero3.yaml"
 SHORT = ["train.steps=4", "train.warmup_steps=0", "train.eval_every=0", "train.eval_batches=1",
@@ -31,7 +31,7 @@ COMPONENTS = ("params", "grads", "master", "optimizer_states")
 
 
 def orch(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, env=env, text=True,
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"orch {' '.join(args)} failed:\n{proc.stderr}")

@@ -38,13 +38,13 @@ def run_campaign(spec: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], f
     path = workdir / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "tune", str(path), "--wait"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "tune", str(path), "--wait"], cwd=REPO,
                           text=True, capture_output=True)
     wall = time.monotonic() - started
     if not proc.stdout.strip():
         sys.exit(f"orch tune failed:\n{proc.stderr}")
     campaign_id = proc.stdout.strip().splitlines()[-1]
-    status = subprocess.run([sys.executable, "-m", "orchestrator.cli", "status", campaign_id, "--json"], cwd=REPO,
+    status = subprocess.run([sys.executable, "-m", "orchestrator", "status", campaign_id, "--json"], cwd=REPO,
                             text=True, capture_output=True, check=True)
     return json.loads(status.stdout), wall
 

@@ -13,9 +13,9 @@ def loop(config: dict) -> None:
     import torch
 
     from bench.common import GPT_MODEL, MICRO_BATCH
-    from jobs.gpt.config import GPTDataConfig, GPTModelConfig
-    from jobs.gpt.data import TokenDataset, load_tokens
-    from jobs.gpt.model import GPT
+    from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
+    from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
+    from orchestrator.workloads.gpt.model import GPT
 
     cfg = GPTModelConfig(**GPT_MODEL)
     ds_config = {"train_micro_batch_size_per_gpu": MICRO_BATCH, "gradient_accumulation_steps": 1,

@@ -38,7 +38,7 @@ class Bench:
         self.orch("cluster", "down", check=False)
 
     def orch(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, text=True,
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, text=True,
                               capture_output=True, env={**self.env, **(env or {})})
         if check and proc.returncode != 0:
             raise RuntimeError(f"orch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -19,9 +19,9 @@ import time
 import torch
 
 from bench.common import GPT_MODEL, MICRO_BATCH
-from jobs.gpt.config import GPTDataConfig, GPTModelConfig
-from jobs.gpt.data import TokenDataset, load_tokens
-from jobs.gpt.model import GPT
+from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
+from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
+from orchestrator.workloads.gpt.model import GPT
 
 # Measured like the orch runs (train.report_every=25, bench.common.steady_rate): tokens/s per 25-step window,
 # median of the windows after the first, which holds the warm-up.

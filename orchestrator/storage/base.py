@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import NotFoundError, OrchError
+from orchestrator.core.errors import NotFoundError, OrchError
 
 
 class StorageError(OrchError):

@@ -17,10 +17,11 @@ import pytest
 import ray
 import yaml
 
-from orchestrator.cli import build_parser
-from orchestrator.spec import load_spec_file
+from orchestrator.control.cli.main import build_parser
+from orchestrator.core.spec import load_spec_file
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 CLUSTER = REPO / "cluster"
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 AWS_CONFIG = CLUSTER / "aws" / "gpu-cluster.yaml"

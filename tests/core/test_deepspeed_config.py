@@ -1,8 +1,8 @@
 import pytest
 
-from orchestrator.deepspeed_config import build_deepspeed_config, deep_merge
-from orchestrator.errors import SpecError
-from orchestrator.spec import parse_spec
+from orchestrator.core.deepspeed_config import build_deepspeed_config, deep_merge
+from orchestrator.core.errors import SpecError
+from orchestrator.core.spec import parse_spec
 
 BASE = {"name": "t", "workload": "gpt"}
 

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.states import ALLOWED_TRANSITIONS, InvalidTransition, JobState, check_transition
+from orchestrator.core.states import ALLOWED_TRANSITIONS, InvalidTransition, JobState, check_transition
 
 HAPPY_PATH = [JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.SUCCEEDED]
 

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 # DeepSpeed's JIT-built comm op takes ~35 s to compile; keep it across test sessions.
 EXTENSIONS_CACHE = Path(os.environ.get("ORCH_TEST_EXTENSIONS_DIR", Path.home() / ".cache" / "orch-torch-extensions"))
 
@@ -36,7 +38,7 @@ class Orch:
 
     def run(self, *args: str, check: bool = True, timeout: float = 600, extra_env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, text=True,
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, text=True,
                               capture_output=True, timeout=timeout, env={**self.env, **(extra_env or {})})
         if check and proc.returncode != 0:
             raise AssertionError(f"orch {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
@@ -65,14 +67,14 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "ORCH_HOME": str(home), "RAY_TMPDIR": ray_tmp, "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_CACHE),
         "PYTHONUNBUFFERED": "1",
     }
-    up = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "up"], cwd=REPO, env=env,
+    up = subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "up"], cwd=REPO, env=env,
                         text=True, capture_output=True, timeout=180)
     assert up.returncode == 0, up.stderr
     info = json.loads((home / "cluster" / "cluster.json").read_text())
     try:
         yield {**env, "ORCH_RAY_ADDRESS": info["dashboard_url"]}
     finally:
-        subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "down"], cwd=REPO, env=env,
+        subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "down"], cwd=REPO, env=env,
                        capture_output=True, timeout=120)
 
 
@@ -87,7 +89,7 @@ def ray_jobs(address: str) -> Any:
     clusters started where ~/.ray/auth_token exists)."""
     from ray.job_submission import JobSubmissionClient
 
-    from cluster.address import auth_headers
+    from orchestrator.control.cluster_address import auth_headers
 
     return JobSubmissionClient(address, headers=auth_headers() or None)
 

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import pytest
 
-from cluster.address import cluster_usage
+from orchestrator.control.cluster_address import cluster_usage
 from tests.e2e.conftest import REPO, ray_jobs
 from tests.s3server import free_port
 
@@ -31,7 +31,7 @@ TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
 def orch_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", *args]
+    return [sys.executable, "-m", "orchestrator", *args]
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -106,10 +106,10 @@ def test_twenty_jobs_at_once_queue_fifo_two_at_a_time(orch):
 
 HAMMER = textwrap.dedent('''
     import json, sys
-    from orchestrator.states import JobState
-    from orchestrator.store import JobRecord, JobStore
+    from orchestrator.core.states import JobState
+    from orchestrator.control.index import JobRecord, JobIndex
 
-    db, worker, n, address = JobStore(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    db, worker, n, address = JobIndex(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     moved = 0
     for i in range(n):
         db.insert(JobRecord(id=f"{worker}-{i}", name=worker, state=JobState.QUEUED, storage_uri="file:///nowhere",

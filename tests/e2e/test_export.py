@@ -6,10 +6,10 @@ import pytest
 import torch
 import yaml
 
-from jobs.gpt.config import GPTDataConfig, GPTModelConfig
-from jobs.gpt.data import TokenDataset, load_tokens
-from jobs.gpt.model import GPT
-from orchestrator.worker import data_generator
+from orchestrator.runtime.worker import data_generator
+from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
+from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
+from orchestrator.workloads.gpt.model import GPT
 from tests.e2e.conftest import metrics_rows
 
 pytestmark = pytest.mark.e2e

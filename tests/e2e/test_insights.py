@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from orchestrator.estimate import GiB, estimate
-from orchestrator.spec import load_spec_file
+from orchestrator.core.estimate import GiB, estimate
+from orchestrator.core.spec import load_spec_file
 from tests.chromium import assert_not_blank, chromium, render
 from tests.e2e.conftest import REPO, Orch, metrics_rows
 

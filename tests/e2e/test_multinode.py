@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from cluster.address import ClusterUnavailable, auth_headers, fetch_nodes
+from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_nodes
 from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
 from tests.s3server import S3Server, free_port
 
@@ -180,7 +180,7 @@ def _kill_schedulers(home: Path) -> None:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"orchestrator.scheduler" in cmdline and f"ORCH_HOME={home}".encode() in environ:
+        if b"orchestrator.control.scheduler" in cmdline and f"ORCH_HOME={home}".encode() in environ:
             os.kill(pid, signal.SIGKILL)
 
 

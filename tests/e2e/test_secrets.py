@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.address import auth_headers
+from orchestrator.control.cluster_address import auth_headers
 from tests.e2e.conftest import ray_jobs, wait_for
 from tests.s3server import SECRET_ACCESS_KEY
 
@@ -32,7 +32,7 @@ PROBE = textwrap.dedent('''
     import hashlib
     import os
 
-    from jobs.mlp.train import train as mlp_train
+    from orchestrator.workloads.mlp.train import train as mlp_train
 
 
     def train(ctx):

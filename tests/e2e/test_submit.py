@@ -8,7 +8,7 @@ import time
 import boto3
 import pytest
 
-from cluster.address import cluster_usage
+from orchestrator.control.cluster_address import cluster_usage
 from tests.e2e.conftest import ray_jobs
 
 pytestmark = pytest.mark.e2e

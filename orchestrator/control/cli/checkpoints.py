@@ -1,0 +1,174 @@
+"""`orch checkpoints | verify | export | predict`: what a finished (or running) job left in storage.
+
+Each also takes a campaign id: it then works on one trial (`--trial`, default the best one), which is stored
+like a job under `<campaign storage>/trials/<trial id>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.core.errors import OrchError
+from orchestrator.core.run import read_spec, trial_key
+from orchestrator.core.units import human_size
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _job_store(job_id: str, trial: str | None = None) -> tuple[dict[str, Any], Any]:
+    """(the job spec as a dict, the store holding its checkpoints) for a job, or for one trial of a campaign."""
+
+    from orchestrator.control.manager import JobManager
+    from orchestrator.core.campaign_summary import read_summary
+    from orchestrator.storage import StorageError, open_store
+
+    rec = JobManager().db.get(job_id)
+    store = open_store(rec.storage_uri)
+    if rec.kind != "campaign":
+        if trial is not None:
+            raise OrchError(f"--trial: {job_id} is a job, not a campaign; drop --trial.")
+        return rec.spec, store
+    if trial is None:
+        trial = ((read_summary(store) or {}).get("best_trial") or {}).get("id")
+        if trial is None:
+            raise OrchError(f"Campaign {job_id} has no best trial yet; name one with --trial (see orch status "
+                            f"{job_id}).")
+    trial_store = store.child(trial_key(trial))
+    try:
+        spec = read_spec(trial_store)
+    except StorageError:
+        raise OrchError(f"--trial: campaign {job_id} has no trial '{trial}'; see orch status {job_id} for the "
+                        "trial ids.") from None
+    return spec, trial_store
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from orchestrator.core import checkpoints
+
+    _, store = _job_store(args.job, args.trial)
+    infos = checkpoints.list_checkpoints(store)
+    rows = []
+    for info in infos:
+        verified = checkpoints.verify_checkpoint(store, info.step, deep=False).ok if info.committed else False
+        rows.append({"step": info.step, "created": info.created, "size_bytes": info.size,
+                     "committed": info.committed, "verified": verified, "metrics": info.metrics})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table("STEP", "CREATED", "SIZE", "COMMITTED", "VERIFIED", "METRICS")
+    for r in rows:
+        metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+                            if k in ("loss", "eval_loss", "eval_accuracy"))
+        table.add_row(str(r["step"]), r["created"] or "", human_size(r["size_bytes"]), _yes(r["committed"]),
+                      _yes(r["verified"]), metrics)
+    out.print(table if rows else f"No checkpoints for {args.job} yet.")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from orchestrator.core import checkpoints
+
+    _, store = _job_store(args.job, args.trial)
+    infos = [c for c in checkpoints.list_checkpoints(store) if c.committed]
+    if args.step is not None:
+        infos = [c for c in infos if c.step == args.step]
+    if not infos:
+        raise OrchError(f"Job {args.job} has no committed checkpoint{'' if args.step is None else ' at that step'}.")
+    bad = 0
+    for info in infos:
+        result = checkpoints.verify_checkpoint(store, info.step, deep=True)
+        if result.ok:
+            out.print(f"step {info.step}: [green]OK[/] ({result.checked_files} files re-hashed)")
+        else:
+            bad += 1
+            for problem in result.problems:
+                out.print(f"step {info.step}: [red]BAD[/] {problem}")
+    return 1 if bad else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.control.export import choose_step, consolidated_state_dict, save_state_dict
+
+    _, store = _job_store(args.job, args.trial)
+    step = choose_step(store, args.step)
+    state = consolidated_state_dict(store, step)
+    out_path = Path(args.out)
+    save_state_dict(state, out_path, "safetensors" if args.safetensors else "pt")
+    n_params = sum(t.numel() for t in state.values())
+    out.print(f"Exported step {step} of {args.job}: {len(state)} tensors, {n_params:,} parameters -> {out_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from orchestrator.control.export import choose_step, consolidated_state_dict
+    from orchestrator.workloads import BUILTIN_WORKLOADS, load
+
+    spec, store = _job_store(args.job, args.trial)
+    workload = BUILTIN_WORKLOADS.get(spec.get("workload", ""))
+    if workload is None or workload.predict is None:
+        served = ", ".join(name for name, w in BUILTIN_WORKLOADS.items() if w.predict)
+        raise OrchError(f"orch predict serves the {served} workload; job {args.job} runs "
+                        f"'{spec.get('workload')}'.")
+    if args.model:
+        state = _load_exported(Path(args.model))
+    else:
+        state = consolidated_state_dict(store, choose_step(store, args.step))
+    features = np.load(args.input) if args.input else None
+    result: dict[str, Any] = {"job": args.job, **load(workload.predict)(spec, state, features)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        if "accuracy" in result:
+            out.print(f"validation accuracy: {result['accuracy']:.4f} on {result['n']} digits")
+        out.print(f"predictions: {result['predictions'][:20]}{' ...' if result['n'] > 20 else ''}")
+    return 0
+
+
+def _load_exported(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise OrchError(f"--model {path} does not exist. Create it with: orch export JOB --out {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def _job_and_trial(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="a job id, or a campaign id (then one of its trials)")
+    p.add_argument("--trial", help="for a campaign: the trial id (default: the best trial)")
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("checkpoints", cmd_checkpoints, "List a job's checkpoints.")
+    _job_and_trial(p)
+    p.add_argument("--json", action="store_true")
+    p = add("verify", cmd_verify, "Re-hash every checkpoint file against its manifest; exit 1 on any mismatch.")
+    _job_and_trial(p)
+    p.add_argument("--step", type=int)
+    p = add("export", cmd_export, "Consolidate a ZeRO checkpoint into one fp32 state dict.")
+    _job_and_trial(p)
+    p.add_argument("--step", type=int, help="default: the newest verified checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--safetensors", action="store_true", help="write safetensors instead of torch.save")
+    p = add("predict", cmd_predict, "Classify digits with a trained mlp job's model.")
+    _job_and_trial(p)
+    p.add_argument("--model", help="an exported state dict (default: the job's newest verified checkpoint)")
+    p.add_argument("--step", type=int)
+    p.add_argument("--input", help="a .npy array of raw (N, 64) digit features (default: the validation split)")
+    p.add_argument("--json", action="store_true")

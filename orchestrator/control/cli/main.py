@@ -1,0 +1,254 @@
+"""The `orch` command. Thin: parse arguments, call the manager, print tables or JSON.
+
+Every user-facing failure is an OrchError: printed as one paragraph, exit code non-zero, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.core.errors import OrchError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _manager(args: argparse.Namespace) -> Any:
+    from orchestrator.control.manager import JobManager
+
+    return JobManager(address=getattr(args, "address", None))
+
+
+def _ensure_scheduler(manager: Any) -> None:
+    from orchestrator.control.scheduler import ensure_scheduler
+
+    ensure_scheduler(manager.home)
+
+
+# ---- commands ----------------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator.core.spec import load_spec_file
+
+    spec = load_spec_file(args.spec, args.set or [])
+    manager = _manager(args)
+    rec = manager.submit(spec, force=args.force, memory_per_worker_gb=args.memory_per_worker)
+    _ensure_scheduler(manager)  # keeps the queue moving even if this process is killed while waiting
+    if not args.wait:
+        err.print(f"Submitted {rec.id} ({rec.state.value}). Follow it with: orch status {rec.id}")
+        print(rec.id)
+        return 0
+    from orchestrator.control.progress import follow_job
+
+    rec = follow_job(manager, rec.id, err)
+    print(rec.id)
+    return 0 if rec.state.value == "SUCCEEDED" else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = _manager(args).list()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return 0
+    table = Table("ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED")
+    for r in records:
+        m = r.metrics
+        table.add_row(r.id, r.kind, _state_text(r.state.value), str(m.get("step", "")),
+                      _fmt(m.get("loss")), str(r.attempts), r.created_at)
+    out.print(table if records else "No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rec = _manager(args).get(args.job)
+    if rec.kind == "campaign":
+        from orchestrator.control.cli.campaigns import show_campaign
+
+        return show_campaign(rec, args.json)
+    if args.json:
+        print(json.dumps(rec.as_dict(), indent=2))
+        return 0
+    table = Table(show_header=False, box=None)
+    for key, value in rec.as_dict().items():
+        if key == "metrics":
+            value = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(value.items()) if k != "time")
+        table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else str(value))
+    out.print(table)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from orchestrator.control.index import ray_submission_id
+
+    manager = _manager(args)
+    rec = manager.db.get(args.job)
+    if rec.ray_address is None or rec.submissions == 0:  # never ask "any Ray on this machine"
+        raise OrchError(f"Job {rec.id} has no Ray logs: it has not been handed to a Ray cluster we know "
+                        f"({rec.state.value.lower()}). Its metrics and result are in {rec.storage_uri}.")
+    ray = manager.ray_for(rec.ray_address)
+    try:
+        if args.follow:
+            from orchestrator.control.progress import stream_logs_with_status
+
+            stream_logs_with_status(manager, rec.id, ray.follow_logs(ray_submission_id(rec)), err)
+        else:
+            sys.stdout.write(ray.logs(ray_submission_id(rec)))
+    except RuntimeError:  # Ray's "job does not exist" / HTTP errors
+        raise OrchError(f"The Ray cluster at {rec.ray_address} has no logs for job {rec.id} (it was probably "
+                        f"restarted since the job ran). Its metrics and result are in {rec.storage_uri}.") from None
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    rec = _manager(args).cancel(args.job)
+    out.print(f"{rec.id}: {_state_text(rec.state.value)}")
+    return 0 if rec.state.value == "CANCELLED" else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    if manager.db.get(args.job).kind == "campaign":
+        from orchestrator.control.cli.campaigns import resume_campaign_cmd
+
+        return resume_campaign_cmd(manager, args)
+    rec = manager.resume(args.job)
+    _ensure_scheduler(manager)
+    if not args.wait:
+        err.print(f"Resumed {rec.id} ({rec.state.value}); it continues from its newest verified checkpoint.")
+        print(rec.id)
+        return 0
+    from orchestrator.control.progress import follow_job
+
+    rec = follow_job(manager, rec.id, err)
+    print(rec.id)
+    return 0 if rec.state.value == "SUCCEEDED" else 1
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from orchestrator.control.local_cluster import LocalCluster
+    from orchestrator.control.settings import orch_home
+
+    local = LocalCluster(orch_home())
+    if args.action == "up":
+        info = local.up(num_cpus=args.num_cpus)
+        out.print(f"Local Ray cluster up: dashboard {info.dashboard_url}, {info.num_cpus} CPUs, {info.num_gpus} GPUs")
+    elif args.action == "down":
+        out.print("Local Ray cluster stopped." if local.down() else "No local Ray cluster was running.")
+    else:
+        info = local.info()
+        if args.json:
+            print(json.dumps(info.__dict__ if info else None, indent=2))
+        else:
+            out.print(f"Local Ray cluster: dashboard {info.dashboard_url}, {info.num_cpus} CPUs" if info
+                      else "No local Ray cluster is running (it starts on the first `orch submit`).")
+    return 0
+
+
+# ---- formatting ---------------------------------------------------------------------------------------
+STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
+                "STARTING": "blue", "QUEUED": "white"}
+
+
+def _state_text(state: str) -> str:
+    style = STATE_STYLES.get(state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+# ---- parser -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orch", description="Submit and watch DeepSpeed training jobs on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--address", help="Ray dashboard address of an existing cluster (default: ORCH_RAY_ADDRESS, "
+                       "else the embedded local cluster)")
+        return p
+
+    p = add("submit", cmd_submit, "Submit a job spec (YAML).")
+    p.add_argument("spec")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field (dotted path)")
+    p.add_argument("--wait", action="store_true", help="show live progress; exit 0 only if the job SUCCEEDED")
+    p.add_argument("--force", action="store_true", help="submit even if the memory estimate says a worker cannot fit")
+    p.add_argument("--memory-per-worker", type=float, metavar="GiB",
+                   help="memory budget of one worker (default: ORCH_WORKER_MEMORY_GB, else node memory per CPU)")
+    p = add("list", cmd_list, "List jobs and campaigns.")
+    p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "Show one job or campaign.")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+    p = add("logs", cmd_logs, "Print a job's driver and worker logs.")
+    p.add_argument("job")
+    p.add_argument("--follow", "-f", action="store_true")
+    p = add("cancel", cmd_cancel, "Cancel a queued or running job.")
+    p.add_argument("job")
+    p = add("resume", cmd_resume, "Resume a failed or cancelled job from its newest verified checkpoint.")
+    p.add_argument("job")
+    p.add_argument("--wait", action="store_true")
+    p = add("cluster", cmd_cluster, "Manage the embedded local Ray cluster.")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    from orchestrator.control.cli.campaigns import register as register_campaigns
+    from orchestrator.control.cli.checkpoints import register
+    from orchestrator.control.cli.insights import register as register_insights
+    from orchestrator.control.cli.spec_doc import register as register_spec
+    from orchestrator.control.cli.sync import register as register_sync
+
+    register(add)
+    register_campaigns(add)
+    register_sync(add)
+    register_insights(add)
+    register_spec(add)
+    return parser
+
+
+class _TerminalLog(logging.Handler):
+    """Warnings (storage retries...) as short notes on stderr, so the final error stays the one paragraph."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if record.name == "orchestrator.storage.retry" and isinstance(args, tuple) and len(args) == 5:
+            # (what, delay, attempt, attempts, error): the error itself is printed once, if we give up.
+            text = f"{args[0]} failed; retrying in {args[1]:.1f} s (attempt {args[2]} of {args[3]})"
+        else:
+            text = record.getMessage()
+        err.print(f"[dim]{escape(text)}[/]")
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("orchestrator")
+    if not any(isinstance(h, _TerminalLog) for h in logger.handlers):
+        logger.addHandler(_TerminalLog(logging.WARNING))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _show_warnings()
+    try:
+        return args.func(args)
+    except OrchError as exc:
+        err.print("[red]error:[/]", escape(str(exc)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

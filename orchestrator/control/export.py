@@ -1,0 +1,71 @@
+"""Consolidate a stored ZeRO checkpoint into one fp32 state dict (no `zero_to_fp32.py` by hand).
+
+The shards of every rank are fetched (hash-checked) from storage into a temporary directory and merged
+with DeepSpeed's own consolidation code, on CPU, without starting any distributed job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core import checkpoints
+from orchestrator.core.errors import NotFoundError, OrchError
+from orchestrator.storage import ObjectStore
+
+
+def choose_step(store: ObjectStore, step: int | None) -> int:
+    """The requested committed step, or the newest one that verifies."""
+    committed = sorted(c.step for c in checkpoints.list_checkpoints(store) if c.committed)
+    if not committed:
+        raise NotFoundError(f"No committed checkpoint under {store.uri}. Set checkpoint.every_steps or "
+                            "checkpoint.at_end in the job spec so the job saves one.")
+    if step is None:
+        manifest = checkpoints.latest_verified(store)
+        if manifest is None:
+            raise OrchError(f"No checkpoint under {store.uri} passes verification; run `orch verify` for details.")
+        return int(manifest["step"])
+    if step not in committed:
+        raise NotFoundError(f"There is no committed checkpoint at step {step}; committed steps: "
+                            f"{', '.join(map(str, committed))}.")
+    return step
+
+
+def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="orch-export-") as tmp:
+        tag = checkpoints.step_tag(step)
+        checkpoints.download_checkpoint(store, step, Path(tmp) / tag)
+        names = [p.name for p in (Path(tmp) / tag).iterdir()]
+        if any(n.startswith("zero_pp_rank_") for n in names):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            # DeepSpeed prints its progress to stdout; keep our stdout for the command's own output.
+            with contextlib.redirect_stdout(sys.stderr):
+                state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+        else:  # ZeRO stage 0: rank 0 saved the whole module
+            saved = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                               weights_only=False)
+            state = saved["module"]
+    # Tied weights share storage; give each tensor its own so every format can save it.
+    return {k: v.detach().to(torch.float32).clone().contiguous() for k, v in state.items()}
+
+
+def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp))
+    else:
+        import torch
+
+        torch.save(state, tmp)
+    tmp.replace(out)  # never leave a half-written model under the requested name

@@ -1,0 +1,168 @@
+"""The embedded local Ray cluster: started on demand, found again by later commands, stopped cleanly.
+
+`ray start --head --block` runs in its own process session, so it outlives the `orch` command that
+started it and `orch cluster down` can stop exactly this cluster (its process group) without
+touching any other Ray on the machine. Its addresses are kept in ORCH_HOME/cluster/cluster.json.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
+
+START_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class LocalClusterInfo:
+    dashboard_url: str
+    gcs_address: str
+    pid: int
+    num_cpus: int
+    num_gpus: int
+    log_file: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+class LocalCluster:
+    def __init__(self, home: Path):
+        self.dir = home / "cluster"
+        self.state_file = self.dir / "cluster.json"
+        # Every dashboard address this home's embedded cluster has had: a job recorded against one of them ran
+        # on this machine, and (new ports on each start) an address that no longer answers is gone for good.
+        self.history_file = self.dir / "addresses"
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Two `orch` commands starting at once must not start two clusters."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def info(self) -> LocalClusterInfo | None:
+        """The running cluster, or None if there is none (a stale state file is ignored)."""
+        try:
+            info = LocalClusterInfo(**json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        return info if _pid_alive(info.pid) else None
+
+    def up(self, num_cpus: int | None = None, num_gpus: int | None = None) -> LocalClusterInfo:
+        with self._lock():
+            running = self.info()
+            if running is not None:
+                return running
+            return self._start(num_cpus or os.cpu_count() or 1, num_gpus or 0)
+
+    def _start(self, num_cpus: int, num_gpus: int) -> LocalClusterInfo:
+        gcs_port, dashboard_port = _free_port(), _free_port()
+        log_file = self.dir / "ray-head.log"
+        cmd = [
+            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus), "--disable-usage-stats",
+        ]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
+        info = LocalClusterInfo(
+            dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{gcs_port}",
+            pid=proc.pid, num_cpus=num_cpus, num_gpus=num_gpus, log_file=str(log_file),
+        )
+        with open(self.history_file, "a") as history:
+            history.write(info.dashboard_url + "\n")
+        self._wait_ready(info, proc)
+        self.state_file.write_text(json.dumps(asdict(info), indent=2))
+        return info
+
+    def was_embedded(self, dashboard_url: str) -> bool:
+        """Whether this address belongs (or belonged) to this home's embedded cluster."""
+        try:
+            return dashboard_url in self.history_file.read_text().split()
+        except OSError:
+            return False
+
+    def _wait_ready(self, info: LocalClusterInfo, proc: subprocess.Popen) -> None:
+        """Ready means the dashboard answers and the head node has registered its resources."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterUnavailable(f"The local Ray cluster exited while starting (code {proc.returncode}). "
+                                         f"See {info.log_file}.")
+            try:
+                if fetch_nodes(info.dashboard_url, timeout=2.0):
+                    return
+            except ClusterUnavailable:
+                pass
+            time.sleep(0.5)
+        self._kill_group(info.pid)
+        raise ClusterUnavailable(f"The local Ray cluster did not become ready in {START_TIMEOUT_S:.0f} s. "
+                                 f"See {info.log_file}.")
+
+    def down(self) -> bool:
+        """Stop the cluster. Returns False if none was running."""
+        with self._lock():
+            info = self.info()
+            self.state_file.unlink(missing_ok=True)
+            if info is None:
+                return False
+            self._kill_group(info.pid)
+            return True
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        # SIGTERM makes Ray drain for up to 30 s; the cluster is ours alone, so give it 5 s, then SIGKILL.
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:  # reap it if we are its parent, so no zombie is left behind
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

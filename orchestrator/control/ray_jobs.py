@@ -1,0 +1,124 @@
+"""Turn a job record into a Ray job (the Ray Jobs API, so `ray job list` shows it), and talk to it.
+
+The Ray job's entrypoint is `python -m orchestrator.runtime.driver`, which builds the TorchTrainer inside the
+cluster. Secrets never travel in the Ray job's runtime_env (the Jobs API shows it to anyone who
+asks): on the embedded cluster they go through a 0600 file that only the driver and workers read;
+on a remote cluster the nodes' own credentials (instance role, Kubernetes secret) are used.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers
+from orchestrator.control.settings import extensions_dir
+from orchestrator.core.errors import OrchError
+from orchestrator.core.secrets import SECRETS_FILE_ENV
+
+# Non-secret settings that tell workers how to reach storage; forwarded as they are.
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "ORCH_S3_ADDRESSING_STYLE", "ORCH_STORAGE_RETRIES",
+)
+# Settings that name files or profiles on this machine: meaningful only to a cluster running on it.
+SAME_MACHINE_ENV = ("AWS_PROFILE", "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "ORCH_HOME")
+
+
+def job_runtime_env(use_gpu: bool, secrets_file: Path | None, extra_env: dict[str, str],
+                    working_dir: str | None, same_machine: bool = True) -> dict[str, Any]:
+    names = FORWARDED_ENV + SAME_MACHINE_ENV if same_machine else FORWARDED_ENV
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env.update(extra_env)
+    env.update({
+        # Ray Train 2.x blocks each report() for this long; our workers report sparingly, so poll fast.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if same_machine:  # a path on this disk; a remote cluster keeps DeepSpeed's default cache
+        env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    if secrets_file is not None:
+        env[SECRETS_FILE_ENV] = str(secrets_file)
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if working_dir:
+        runtime_env["working_dir"] = working_dir
+    return runtime_env
+
+
+
+def driver_entrypoint(module: str, id_flag: str, record_id: str, store_uri: str, local_cluster: bool) -> str:
+    """`python -m <driver module> <id flag> ID --store URI`, the Ray job's command line."""
+    # The embedded cluster runs our own interpreter; a remote cluster has its own `python` on PATH.
+    python = sys.executable if local_cluster else "python"
+    return " ".join(shlex.quote(p) for p in (python, "-m", module, id_flag, record_id, "--store", store_uri))
+
+
+class RayJobs:
+    """A thin wrapper over Ray's JobSubmissionClient with our error messages."""
+
+    def __init__(self, dashboard_url: str):
+        self.url = dashboard_url
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client = JobSubmissionClient(self.url, headers=auth_headers() or None)
+            except Exception as exc:  # Ray raises ConnectionError/RuntimeError variants here
+                raise ClusterUnavailable(f"Cannot reach the Ray Jobs API at {self.url}: {exc}. Check --address "
+                                         "or ORCH_RAY_ADDRESS and that the cluster is up.") from None
+        return self._client
+
+    def submit(self, submission_id: str, entrypoint: str, runtime_env: dict[str, Any],
+               metadata: dict[str, str]) -> None:
+        try:
+            self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                   runtime_env=runtime_env, metadata=metadata, entrypoint_num_cpus=0)
+        except RuntimeError as exc:
+            if "already exists" in str(exc):
+                return  # a retried launch: Ray already has it, never run it twice
+            raise OrchError(f"Ray refused job {submission_id}: {exc}") from None
+
+    def status(self, submission_id: str) -> tuple[str | None, str]:
+        """(Ray status name or None if Ray does not know the job, Ray's message)."""
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return None, ""
+            raise
+        return info.status.value, info.message or ""
+
+    def stop(self, submission_id: str) -> None:
+        try:
+            self.client.stop_job(submission_id)
+        except RuntimeError as exc:
+            if "does not exist" not in str(exc):
+                raise
+
+    def logs(self, submission_id: str) -> str:
+        return self.client.get_job_logs(submission_id)
+
+    def follow_logs(self, submission_id: str) -> Iterator[str]:
+        import asyncio
+
+        # tail_job_logs is async; a tiny loop turns it into a blocking iterator for the CLI.
+        loop = asyncio.new_event_loop()
+        try:
+            agen = self.client.tail_job_logs(submission_id)
+            while True:
+                try:
+                    yield loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.close()

@@ -1,0 +1,1 @@
+"""The campaign driver and its Tune trials, running inside Ray."""

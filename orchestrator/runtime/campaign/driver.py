@@ -1,0 +1,197 @@
+"""The campaign's Ray job entrypoint: run (or continue) a Ray Tune experiment over orch trials.
+
+    python -m orchestrator.runtime.campaign.driver --campaign-id ID --store URI
+
+The Tune experiment directory lives in the campaign's own storage (`<campaign>/tune/`), so a driver
+that dies loses nothing: the next driver for the same campaign finds it and continues with
+`Tuner.restore(resume_unfinished=True, restart_errored=True)`; finished trials are not run again and
+the others continue from their own newest verified checkpoint. campaign.json is written last, whatever
+happens; its `state` is the verdict the manager reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+import traceback
+from typing import Any
+
+from ray import tune
+
+from orchestrator.core.campaign_spec import Campaign
+from orchestrator.core.campaign_summary import (
+    TrialView,
+    campaign_summary,
+    read_summary,
+    write_reports,
+)
+from orchestrator.core.run import read_result, read_spec, trial_key, write_result
+from orchestrator.core.secrets import load_secrets_file
+from orchestrator.runtime.campaign.reaper import OrphanedGroupReaper
+from orchestrator.storage import ObjectStore, open_store
+from orchestrator.storage.local import LocalStore
+
+TUNE_DIR = "tune"
+PROGRESS_EVERY_S = 2.0
+PLOT_EVERY_S = 15.0
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
+
+
+def tune_storage(store: ObjectStore) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) for Tune's experiment state inside the campaign store."""
+    if isinstance(store, LocalStore):
+        return str(store.root), None
+    from pyarrow import fs
+
+    from orchestrator.storage.s3 import S3Store
+
+    assert isinstance(store, S3Store)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        # Small files (all Tune writes) as one PutObject instead of a multipart upload, which some
+        # S3-compatible servers do not complete the way Arrow expects.
+        "allow_delayed_open": True,
+    }
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        options.update(endpoint_override=host, scheme=scheme or "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    return f"{store.bucket}/{store.prefix}".rstrip("/"), fs.S3FileSystem(**options)
+
+
+class CampaignProgress(tune.Callback):
+    """A Tune callback in the driver: keeps campaign.json, leaderboard.json and the plot current."""
+
+    def __init__(self, campaign_id: str, campaign: Campaign, store_uri: str):
+        self.campaign_id, self.campaign, self.store_uri = campaign_id, campaign, store_uri
+        self._written = self._plotted = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
+        return {"campaign_id": self.campaign_id, "campaign": self.campaign.to_record(), "store_uri": self.store_uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["campaign_id"], Campaign.from_record(state["campaign"]), state["store_uri"])
+
+    def write(self, trials: list[Any], state: str = "RUNNING", reason: str = "", plot: bool = False) -> None:
+        store = open_store(self.store_uri)
+        views = [TrialView(t.trial_id, t.status, dict(t.config), (t.last_result or {}).get("step")) for t in trials]
+        write_reports(store, campaign_summary(self.campaign_id, self.campaign, views, store, state, reason), plot)
+        self._written = time.monotonic()
+        if plot:
+            self._plotted = self._written
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self._written >= PROGRESS_EVERY_S:
+            self.write(trials, plot=time.monotonic() - self._plotted >= PLOT_EVERY_S)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        trial_store = open_store(self.store_uri).child(trial_key(trial.trial_id))
+        if read_result(trial_store) is None:
+            # Stopped by the scheduler or the budget (a trial that trained to the end wrote its own result).
+            # Recorded so that a restarted driver never trains it again, even if Tune's state missed the stop.
+            step = (trial.last_result or {}).get("step")
+            write_result(trial_store, "STOPPED", f"stopped early at step {step}")
+        self.write(trials, plot=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.write(trials, plot=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        failed = [t.trial_id for t in trials if t.status == "ERROR"]
+        if unfinished:
+            state, reason = "INTERRUPTED", f"{len(unfinished)} trials did not finish: {', '.join(unfinished)}"
+        elif failed:
+            state, reason = "FAILED", f"{len(failed)} of {len(trials)} trials failed: {', '.join(failed)}"
+        else:
+            state, reason = "SUCCEEDED", ""
+        self.write(trials, state, reason, plot=True)
+
+
+def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concurrency: int) -> tuple[Any, bool]:
+    """(Tuner, whether it continues an earlier driver's experiment)."""
+    from orchestrator.runtime.campaign import tuning
+    from orchestrator.runtime.campaign.trial import run_trial
+
+    spec, job = campaign.spec, campaign.base_job
+    # Trials are drivers only: their TorchTrainer's workers hold the CPUs, so the trial itself takes none
+    # (Tune needs some resource in a trial's bundle: its driver process's memory, logically reserved).
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, campaign_id=campaign_id, campaign_store=store.uri, base=campaign.base),
+        {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+    storage_path, filesystem = tune_storage(store)
+    experiment = f"{storage_path}/{TUNE_DIR}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, restart_errored=True,
+                                  storage_filesystem=filesystem), True
+    tune_config = tune.TuneConfig(
+        metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
+        search_alg=tuning.search_algorithm(spec, concurrency),
+        scheduler=tuning.scheduler(campaign, job.checkpoint.every_steps),
+        time_budget_s=spec.budget.time_s, trial_dirname_creator=lambda trial: trial.trial_id,
+        # Never reuse a trial's process: ending it is what tears down its TorchTrainer (controller, workers,
+        # placement group) when the scheduler stops the trial.
+        reuse_actors=False,
+    )
+    run_config = tune.RunConfig(
+        name=TUNE_DIR, storage_path=storage_path, storage_filesystem=filesystem,
+        callbacks=[CampaignProgress(campaign_id, campaign, store.uri), OrphanedGroupReaper()],
+        stop=tuning.stopper(spec, store.child("trials")),
+        # A trial's own workers restart under Ray Train (failure.max_restarts); a trial that still fails is final.
+        failure_config=tune.FailureConfig(max_failures=0),
+        verbose=1,
+    )
+    return tune.Tuner(trainable, param_space=tuning.param_space(spec), tune_config=tune_config,
+                      run_config=run_config), False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestrator.runtime.campaign.driver")
+    parser.add_argument("--campaign-id", required=True)
+    parser.add_argument("--store", required=True, help="the campaign's storage prefix URI")
+    args = parser.parse_args(argv)
+    load_secrets_file()
+    # Eval metrics arrive only at eval steps; schedulers skip reports without the metric, Tune must not fail them.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Save the experiment state often: it is what a restarted driver continues from.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    store = open_store(args.store)
+    record = read_spec(store)
+    campaign = Campaign.from_record(record)
+    if campaign.spec.search.seed is not None:
+        random.seed(campaign.spec.search.seed)  # PBT's explore step draws from Python's random
+    try:
+        tuner, resumed = build_tuner(args.campaign_id, campaign, store, int(record["concurrency"]))
+        print(f"orch: campaign {args.campaign_id}: {'continuing' if resumed else 'starting'} Tune experiment")
+        tuner.fit()
+    except Exception as exc:
+        traceback.print_exc()
+        _write_verdict(store, args.campaign_id, campaign, "FAILED", f"{type(exc).__name__}: {exc}"[:1000])
+        print(f"orch: campaign {args.campaign_id} FAILED: {exc}", file=sys.stderr)
+        return 1
+    summary = read_summary(store) or {}
+    if summary.get("state") in (None, "RUNNING"):
+        _write_verdict(store, args.campaign_id, campaign, "INTERRUPTED", "Tune stopped before the campaign ended")
+        summary = read_summary(store) or {}
+    reason = f": {summary['reason']}" if summary.get("reason") else ""
+    print(f"orch: campaign {args.campaign_id} {summary.get('state')}{reason}")
+    return 0 if summary.get("state") == "SUCCEEDED" else 1
+
+
+def _write_verdict(store: ObjectStore, campaign_id: str, campaign: Campaign, state: str, reason: str) -> None:
+    """The verdict when Tune could not write it: the trials as the last campaign.json saw them."""
+    last = read_summary(store) or {}
+    views = [TrialView(t["id"], "ERROR" if t["state"] == "FAILED" else
+                       "TERMINATED" if t["state"] in ("SUCCEEDED", "STOPPED") else t["state"], t["config"],
+                       t.get("tune_step")) for t in last.get("trials", [])]
+    write_reports(store, campaign_summary(campaign_id, campaign, views, store, state, reason), plot=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The Ray job's entrypoint: build a TorchTrainer from the stored spec, run it, write result.json.
+
+Runs inside the cluster (`python -m orchestrator.runtime.driver --job-id ID --store URI`). Ray Train restarts
+the worker group on worker death up to `failure.max_restarts` times; each restart resumes from the
+newest verified checkpoint (see WorkerContext.restore). result.json is written last, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+
+from orchestrator.core.run import read_spec, root_cause, verdict_line, write_result
+from orchestrator.core.secrets import load_secrets_file
+from orchestrator.core.spec import JobSpec, parse_spec
+from orchestrator.storage import open_store
+
+WORKER_GROUP_START_TRIES = 3
+
+
+def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTrainer (ray imported lazily)
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.runtime.worker import run_worker
+
+    scaling = spec.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.worker_gpus
+    return TorchTrainer(
+        run_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "job_id": job_id, "store": store_uri},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources, placement_strategy=scaling.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=job_id,
+            # Ray Train's own storage only holds its bookkeeping; our checkpoints go to the job store.
+            storage_path=os.path.join(tempfile.gettempdir(), "orch-ray-results"),
+            # Ray Train retries a worker group that cannot start forever by default; a job that can never get
+            # its workers must fail loudly instead of hanging (each try waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S).
+            failure_config=FailureConfig(max_failures=spec.failure.max_restarts,
+                                         controller_failure_limit=WORKER_GROUP_START_TRIES),
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestrator.runtime.driver")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--store", required=True, help="the job's storage prefix URI")
+    args = parser.parse_args(argv)
+    load_secrets_file()
+    store = open_store(args.store)
+    spec = parse_spec(read_spec(store), source=f"job {args.job_id} spec")
+    try:
+        build_trainer(spec, args.job_id, args.store).fit()
+    except Exception as exc:  # the job failed for good: say why in result.json, then exit non-zero
+        traceback.print_exc()
+        reason = root_cause(exc)
+        # Printed first: if storage itself is what failed, this line (which Ray keeps with the job) is the verdict.
+        print(verdict_line(reason), file=sys.stderr, flush=True)
+        write_result(store, "FAILED", reason)
+        return 1
+    write_result(store, "SUCCEEDED")
+    print(f"orch: job {args.job_id} SUCCEEDED")
+    return 0
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""What runs inside each Ray Train worker: DeepSpeed setup, restore, metrics, checkpoints.
+
+Workloads import only this module. `run_worker` is the TorchTrainer's train_loop_per_worker: it builds
+a `WorkerContext` and calls the workload's `train(ctx)`, whose loop stays short because everything
+that is the same for every workload lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from orchestrator.core import checkpoints
+from orchestrator.core.deepspeed_config import build_deepspeed_config
+from orchestrator.core.metrics_log import MetricsLog
+from orchestrator.core.run import rank_key, utc_now, write_attempt
+from orchestrator.core.secrets import load_secrets_file
+from orchestrator.core.spec import JobSpec
+from orchestrator.runtime.checkpoint_writer import (
+    CheckpointWriter,
+    discard_after,
+    download_for_load,
+    restore_candidates,
+)
+from orchestrator.runtime.step_metrics import health_metrics
+from orchestrator.storage import open_store
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_workload(workload: str) -> Any:
+    from orchestrator.workloads import BUILTIN_WORKLOADS, load
+
+    return load(BUILTIN_WORKLOADS[workload].entrypoint if workload in BUILTIN_WORKLOADS else workload)
+
+
+def run_worker(config: dict[str, Any]) -> None:
+    """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
+    load_secrets_file()
+    import ray.train
+
+    ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
+    try:
+        resolve_workload(ctx.spec.workload)(ctx)
+    finally:
+        ctx.close()
+
+
+def data_generator(seed: int, step: int, micro: int, rank: int, split: str) -> torch.Generator:
+    """Batches are a pure function of (seed, step, micro, rank, split): resume sees the same data, and
+    anyone can replay a job's exact evaluation batches (hash() of a tuple of ints is not randomised)."""
+    split_id = {"train": 0, "val": 1}.get(split, 2)
+    return torch.Generator().manual_seed(hash((seed, step, micro, rank, split_id)) % 2**63)
+
+
+def build_optimizer(model: torch.nn.Module, spec: JobSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; on CUDA the fused kernel (one launch for the whole update instead of several per tensor).
+
+    Not with ZeRO-Offload: DeepSpeed then steps the optimizer on CPU copies of the parameters.
+    """
+    train = spec.train
+    fused = device.type == "cuda" and not spec.deepspeed.offload_optimizer
+    return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.95),
+                             fused=fused)
+
+
+class WorkerContext:
+    def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any):
+        self.spec, self.job_id = spec, job_id
+        self.rank = train_context.get_world_rank()
+        self.world_size = train_context.get_world_size()
+        self.local_rank = train_context.get_local_rank()
+        if spec.scaling.use_gpu:
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+        else:
+            self.device = torch.device("cpu")
+        self.dtype = DTYPES[spec.deepspeed.precision]
+        self.store = open_store(store_uri)
+        self.local_root = Path(tempfile.gettempdir()) / "orch-checkpoints" / job_id
+        self.writer = CheckpointWriter(self.store, self.rank, self.world_size, self.local_root,
+                                       spec.spec_hash(), spec.checkpoint)
+        self.metrics = MetricsLog(self.store, enabled=self.rank == 0)
+        self._window = ThroughputWindow()
+        self.engine: Any = None
+        torch.manual_seed(spec.train.seed)
+        np.random.seed(spec.train.seed % 2**32)
+        random.seed(spec.train.seed)
+
+    # ---- model and engine --------------------------------------------------------------------------
+    def model_init(self) -> contextlib.AbstractContextManager:
+        """ZeRO-3 partitions parameters as the model is built, so no rank ever holds the whole model."""
+        if self.spec.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            # zero.Init reads the world size from deepspeed.comm, which must wrap Ray Train's process group first.
+            deepspeed.init_distributed(dist_backend="nccl" if self.spec.scaling.use_gpu else "gloo")
+            return deepspeed.zero.Init(config_dict_or_path=build_deepspeed_config(self.spec, self.world_size),
+                                       remote_device="cpu" if self.spec.deepspeed.offload_param else None)
+        return contextlib.nullcontext()
+
+    def build_engine(self, model: torch.nn.Module) -> Any:
+        import deepspeed
+
+        optimizer = build_optimizer(model, self.spec, self.device)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=self.lr_multiplier)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=build_deepspeed_config(self.spec, self.world_size),
+        )
+        self._write_shard_stats(model)
+        self._measure_model_states_at_first_update()
+        return self.engine
+
+    def _write_shard_stats(self, model: torch.nn.Module) -> None:
+        """What this rank actually holds: shows ZeRO-3's ~1/N parameter sharding, feeds estimator checks."""
+        params = list(model.parameters())
+        # Under ZeRO-3 a parameter's own tensor is empty outside forward; ds_tensor is this rank's shard.
+        local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+        total = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+        self.store.put_bytes(rank_key(self.rank), _json({
+            "rank": self.rank, "world_size": self.world_size, "zero_stage": self.spec.deepspeed.zero_stage,
+            "params_total": total, "params_local": local, "pid": os.getpid(), "hostname": socket.gethostname(),
+        }))
+
+    def _measure_model_states_at_first_update(self) -> None:
+        """Add what this rank holds at the end of the first optimizer update to its rank file (see memstats)."""
+        from orchestrator.runtime.memstats import model_state_bytes
+
+        client = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        done: list[bool] = []
+
+        def measure(*_: Any) -> None:
+            if done:
+                return  # torch cannot drop a hook while running it
+            done.append(True)
+            key = rank_key(self.rank)
+            self.store.put_bytes(key, _json({**json.loads(self.store.get_bytes(key)),
+                                             "memory": model_state_bytes(self.engine)}))
+
+        client.register_step_post_hook(measure)
+
+    def lr_multiplier(self, step: int) -> float:
+        """Linear warmup, then constant / cosine / linear decay to min_lr_ratio at the last step."""
+        train = self.spec.train
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        if train.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if train.lr_schedule == "cosine" else 1 - progress
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * decay
+
+    # ---- data and randomness ---------------------------------------------------------------------------
+    def generator(self, step: int, micro: int = 0, split: str = "train") -> torch.Generator:
+        return data_generator(self.spec.train.seed, step, micro, self.rank, split)
+
+    def should_eval(self, step: int) -> bool:
+        every = self.spec.train.eval_every
+        return step == self.spec.train.steps or (every > 0 and step % every == 0)
+
+    def all_reduce_mean(self, value: float) -> float:
+        if not dist.is_initialized() or self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces only GPU tensors
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    # ---- restore ---------------------------------------------------------------------------------------
+    def restore(self, engine: Any) -> int:
+        """Load the newest verified checkpoint (model, optimizer, LR schedule, RNG). Returns its step, or 0."""
+        candidates = restore_candidates(self.store) if self.rank == 0 else []
+        candidates = self._broadcast(candidates)  # every rank must load the same step
+        restored_step = 0
+        for step in candidates:
+            root = download_for_load(self.store, step, self.local_root, self.rank)
+            if self._all_ranks(root is not None):
+                _, client_state = engine.load_checkpoint(str(root), tag=checkpoints.step_tag(step))
+                self._set_rng(client_state["rng"])
+                shutil.rmtree(root, ignore_errors=True)
+                restored_step = step
+                break
+        self.metrics.resume_from(restored_step)
+        if self.rank == 0:
+            discard_after(self.store, restored_step)
+            write_attempt(self.store, restored_step)
+        self._window.reset()
+        return restored_step
+
+    def _broadcast(self, value: Any) -> Any:
+        if not dist.is_initialized() or self.world_size == 1:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def _all_ranks(self, ok: bool) -> bool:
+        if not dist.is_initialized() or self.world_size == 1:
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    @staticmethod
+    def _rng_state() -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+    @staticmethod
+    def _set_rng(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+
+    # ---- per step ----------------------------------------------------------------------------------------
+    def after_step(self, engine: Any, step: int, metrics: dict[str, float]) -> None:
+        """Report metrics and checkpoint as the spec says. Collective: every rank calls it every step."""
+        self._window.add(metrics)
+        reporting = step == 1 or step % self.spec.train.report_every == 0 or "eval_loss" in metrics
+        ckpt = self.spec.checkpoint
+        checkpointing = ckpt.every_steps > 0 and step % ckpt.every_steps == 0
+        if not (reporting or checkpointing):
+            return
+        # Loss is averaged over ranks and throughput over the steps since the last report.
+        row: dict[str, Any] = {"step": step, **metrics, **self._window.rates(self.world_size)}
+        # The next window starts here, so it pays for this report (all-reduce, metrics file, Ray's report):
+        # the throughput users see includes what orchestration costs them.
+        self._window.reset()
+        row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
+        row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
+        row["time"] = utc_now()
+        self.metrics.add(row, flush=True)
+        self._report_to_ray(row)
+        if checkpointing:
+            self.save(engine, step, row)
+            self._window.reset()  # the save stall is measured on its own (checkpoint_stall_s), not as throughput
+
+    @staticmethod
+    def _report_to_ray(row: dict[str, Any]) -> None:
+        """Ray Train (and Ray Tune's schedulers, through it) see the same rows; every rank must call this."""
+        import ray.train
+
+        ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def save(self, engine: Any, step: int, metrics: dict[str, Any]) -> None:
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.writer.save(engine, step, numeric, {"step": step, "rng": self._rng_state()})
+        self.metrics.note_checkpoint(step, self.writer.stall_seconds[-1])
+
+    def finish(self, final_metrics: dict[str, float]) -> dict[str, float]:
+        """Final checkpoint (if the policy asks), wait for uploads to commit, write the last metrics."""
+        step = self.spec.train.steps
+        if self.spec.checkpoint.at_end and self.writer.last_saved_step != step and self.engine is not None:
+            self.save(self.engine, step, {**self.metrics.latest(), **final_metrics})
+        self.writer.close()
+        self.metrics.add({"step": step, "final": True, **final_metrics}, flush=True)
+        return final_metrics
+
+    def close(self) -> None:
+        self.writer.close()
+        shutil.rmtree(self.local_root / f"rank-{self.rank}", ignore_errors=True)
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Read a user data file from a local path or any storage URI."""
+        if "://" not in uri or uri.startswith("file://"):
+            return Path(uri.removeprefix("file://")).expanduser().read_bytes()
+        parent, _, name = uri.rpartition("/")
+        return open_store(parent).get_bytes(name)
+
+
+class ThroughputWindow:
+    """Steps, samples and tokens since the last report, for rates that are not one noisy step."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.counts: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        for unit in ("tokens", "samples"):
+            if unit in metrics:
+                self.counts[unit] = self.counts.get(unit, 0.0) + metrics[unit]
+
+    def rates(self, world_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        if self.steps == 0 or elapsed <= 0:
+            return {}
+        rates = {"step_time_s": elapsed / self.steps}
+        for unit, count in self.counts.items():
+            rates[f"{unit}_per_s"] = count * world_size / elapsed
+        return rates
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()

@@ -1,0 +1,120 @@
+"""A campaign spec as Ray Tune objects: domains, searchers, schedulers and the step-budget stopper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
+
+from orchestrator.core.campaign_spec import ParamSpec, resolve_campaign
+from orchestrator.runtime.campaign import tuning
+from orchestrator.storage import LocalStore
+from tests.paths import EXAMPLES
+
+EXAMPLES = EXAMPLES
+
+
+def make(**fields):
+    data = {
+        "name": "t", "base": "mlp-digits.yaml", "metric": "eval_accuracy", "mode": "max",
+        "overrides": {"train.steps": 60, "train.eval_every": 20, "checkpoint.every_steps": 20},
+        "search_space": {"train.l2": {"type": "uniform", "low": 0.0, "high": 1e-3}},
+    }
+    data.update(fields)
+    return resolve_campaign(data, base_dir=EXAMPLES)
+
+
+def test_each_param_type_becomes_its_tune_domain():
+    choice = tuning.to_tune(ParamSpec(type="choice", values=[[32], [64, 32]]))
+    assert isinstance(choice, Categorical) and choice.categories == [[32], [64, 32]]
+    uniform = tuning.to_tune(ParamSpec(type="uniform", low=0, high=2))
+    assert isinstance(uniform, Float) and (uniform.lower, uniform.upper) == (0.0, 2.0)
+    log = tuning.to_tune(ParamSpec(type="loguniform", low=1e-4, high=1e-1))
+    assert isinstance(log.get_sampler(), LogUniform) and (log.lower, log.upper) == (1e-4, 1e-1)
+    integer = tuning.to_tune(ParamSpec(type="randint", low=2, high=9))
+    assert isinstance(integer, Integer) and (integer.lower, integer.upper) == (2, 9)
+    assert tuning.to_tune(ParamSpec(type="grid", values=[1, 2])) == tune.grid_search([1, 2])
+    # Under the grid algorithm a choice is enumerated too.
+    assert tuning.to_tune(ParamSpec(type="choice", values=["a", "b"]), as_grid=True) == tune.grid_search(["a", "b"])
+
+
+def test_param_space_is_flat_with_dotted_keys_and_samples_inside_the_ranges():
+    campaign = make(search_space={"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+                                  "model.hidden_sizes": {"type": "choice", "values": [[8], [16, 8]]}})
+    space = tuning.param_space(campaign.spec)
+    assert set(space) == {"train.lr", "model.hidden_sizes"}
+    for _ in range(20):
+        assert 1e-4 <= space["train.lr"].sample() <= 1e-1
+        assert space["model.hidden_sizes"].sample() in ([8], [16, 8])
+
+
+def test_random_search_is_seeded_and_limited_to_the_concurrency():
+    campaign = make(search={"algorithm": "random", "seed": 3})
+    searcher = tuning.search_algorithm(campaign.spec, concurrency=2)
+    assert isinstance(searcher, BasicVariantGenerator) and searcher.max_concurrent == 2
+
+
+def test_optuna_is_seeded_tpe_behind_a_concurrency_limiter():
+    campaign = make(search={"algorithm": "optuna", "seed": 5})
+    searcher = tuning.search_algorithm(campaign.spec, concurrency=3)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 3
+    assert isinstance(searcher.searcher, OptunaSearch)
+    assert searcher.searcher._seed == 5
+
+
+def test_optuna_passes_over_reports_without_the_metric():
+    campaign = make(search={"algorithm": "optuna", "seed": 5})
+    searcher = tuning.search_algorithm(campaign.spec, concurrency=1).searcher
+    searcher.set_search_properties("eval_accuracy", "max", tuning.param_space(campaign.spec))
+    config = searcher.suggest("t1")
+    assert 0.0 <= config["train.l2"] <= 1e-3
+    searcher.on_trial_result("t1", {"step": 10, "loss": 1.0, "training_iteration": 1})  # no eval metric: skipped
+    searcher.on_trial_result("t1", {"step": 20, "eval_accuracy": 0.5, "training_iteration": 2})
+    searcher.on_trial_complete("t1", {"step": 20, "eval_accuracy": 0.5})
+    assert [t.value for t in searcher._ot_study.trials] == [0.5]
+
+
+def test_schedulers_count_time_in_training_steps():
+    asha = tuning.scheduler(make(scheduler={"type": "asha", "grace_period": 20, "reduction_factor": 2}), 20)
+    assert isinstance(asha, AsyncHyperBandScheduler)
+    assert asha._time_attr == "step" and asha._max_t == 60
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [40, 20]
+    # Survivors of every rung finish by themselves (final eval, checkpoint, result.json).
+    assert asha._brackets[0]._stop_last_trials is False
+    hyperband = tuning.scheduler(make(scheduler={"type": "hyperband", "max_t": 60}), 20)
+    assert isinstance(hyperband, HyperBandScheduler) and hyperband._time_attr == "step"
+    assert isinstance(tuning.scheduler(make(), 20), FIFOScheduler)
+
+
+def test_pbt_mutates_the_search_space_at_the_checkpoint_interval():
+    pbt = tuning.scheduler(make(scheduler={"type": "pbt"}), checkpoint_every=20)
+    assert isinstance(pbt, PopulationBasedTraining)
+    assert pbt._perturbation_interval == 20 and pbt._time_attr == "step"
+    assert set(pbt._hyperparam_mutations) == {"train.l2"}
+    assert pbt._require_attrs is False  # reports between eval steps carry no eval metric
+
+
+@pytest.fixture
+def trials_store(tmp_path):
+    store = LocalStore(tmp_path)
+    for trial, steps in (("a_00000", [1, 10, 20]), ("a_00001", [1, 10])):
+        store.put_bytes(f"{trial}/metrics.jsonl", "".join(json.dumps({"step": s}) + "\n" for s in steps).encode())
+    store.put_bytes("a_00002/spec.yaml", b"name: x\n")  # not started: no metrics
+    return store
+
+
+def test_step_budget_counts_steps_already_in_storage(trials_store):
+    assert tuning.steps_in_storage(trials_store) == {"a_00000": 20, "a_00001": 10}
+    stopper = tuning.stopper(make(budget={"total_steps": 45}).spec, trials_store)
+    assert not stopper("a_00001", {"step": 12}) and not stopper.stop_all()  # 20 + 12
+    stopper("a_00002", {"step": 12})
+    assert not stopper.stop_all()  # 20 + 12 + 12 = 44
+    stopper("a_00002", {"step": 13})
+    assert stopper.stop_all()
+    assert tuning.stopper(make().spec, trials_store) is None
