@@ -33,14 +33,13 @@ memory of a Ray Train worker that has imported torch and DeepSpeed, before any m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cluster.address import ClusterUnavailable, fetch_nodes
 from orchestrator.errors import OrchError
+from orchestrator.noise import library_output
 from orchestrator.spec import JobSpec
 
 GiB = 2**30
@@ -228,8 +227,8 @@ def deepspeed_estimate(est: Estimate, spec: JobSpec) -> dict[str, Any] | None:
         return None
     _, largest, *_ = model_facts(spec)
     n = est.num_workers
-    # DeepSpeed logs its accelerator choice to stdout on import; keep stdout for our own output (--json).
-    with contextlib.redirect_stdout(sys.stderr):
+    # DeepSpeed logs its accelerator choice on import; keep it off stdout (--json), and quiet unless --verbose.
+    with library_output():
         return _deepspeed_estimate(ds, est.params, largest, n)
 
 

@@ -276,6 +276,12 @@ class JobManager:
 
     def reconcile(self, rec: JobRecord) -> JobRecord:
         """Bring one active record in line with Ray (state) and storage (metrics, attempts, result)."""
+        if self.local.stopped_on_purpose(rec.ray_address):
+            # Its cluster was stopped on purpose (`orch cluster down`, idle stop) as it started: cancelled with
+            # it, never taken for a lost driver and resubmitted.
+            self.db.update(rec.id, cancel_requested=True)
+            self.db.transition(rec.id, rec.state, JobState.CANCELLED, finished_at=utc_now(), message="cluster stopped")
+            return self.db.get(rec.id)
         if rec.kind == "campaign":
             from orchestrator.campaign.manager import reconcile_campaign
 

@@ -28,6 +28,7 @@ from orchestrator.checkpoint_io import CheckpointWriter, discard_after, download
 from orchestrator.deepspeed_config import build_deepspeed_config
 from orchestrator.launch import load_secrets_file
 from orchestrator.metrics_log import MetricsLog
+from orchestrator.noise import silence_known_worker_warnings
 from orchestrator.spec import JobSpec
 from orchestrator.step_metrics import health_metrics
 from orchestrator.storage import open_store
@@ -47,6 +48,7 @@ def resolve_workload(workload: str) -> Any:
 def run_worker(config: dict[str, Any]) -> None:
     """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
     load_secrets_file()
+    silence_known_worker_warnings()
     import ray.train
 
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
@@ -242,6 +244,8 @@ class WorkerContext:
         row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
         self.metrics.add(row, flush=True)
+        if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
+            print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
         self._report_to_ray(row)
         if checkpointing:
             self.save(engine, step, row)
