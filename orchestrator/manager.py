@@ -288,7 +288,7 @@ class JobManager:
             return reconcile_campaign(self, rec)
         try:
             status, ray_message = self.ray_for(rec.ray_address).status(ray_submission_id(rec))
-        except (ClusterUnavailable, ConnectionError, RuntimeError):
+        except (ClusterUnavailable, RuntimeError, OSError):  # OSError: requests' ConnectionError, a refused socket
             if not self.local.was_embedded(rec.ray_address):
                 return rec  # another cluster may be back later (its jobs still running); do not guess
             status, ray_message = None, "the local Ray cluster it ran on has stopped"
@@ -389,8 +389,8 @@ class JobManager:
     def list(self) -> list[JobRecord]:
         try:
             self.tick()
-        except ClusterUnavailable:
-            pass  # listing must work even when the cluster is down
+        except (ClusterUnavailable, OSError):
+            pass  # listing must work even when the cluster is down (OSError: requests' ConnectionError)
         return self.db.list()
 
 

@@ -92,11 +92,13 @@ def main() -> int:
                 log.warning("no cluster has answered for %.0f s; exiting (the next orch command starts a new "
                             "scheduler)", GIVE_UP_S)
                 return 0
+            if any(manager.local.was_embedded(rec.ray_address) for rec in watched if rec.ray_address):
+                manager.local.touch_activity()  # idle time counts from when the last of them ends
             try:
                 restart_for_queued(manager, watched)
                 manager.tick()
                 outage = False
-            except (ClusterUnavailable, ConnectionError) as exc:
+            except (ClusterUnavailable, OSError) as exc:  # OSError: requests' ConnectionError and friends
                 # A cluster that is down is a state, not a bug: one line per outage, no traceback every second.
                 if not outage:
                     log.warning("cluster unavailable (%s); jobs wait until it answers", str(exc).splitlines()[0])

@@ -17,6 +17,7 @@ import shutil
 import socket
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def run_worker(config: dict[str, Any]) -> None:
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
     try:
         resolve_workload(ctx.spec.workload)(ctx)
+    except Exception:
+        # Printed here, it is in the log under this worker's pid, so `orch logs --errors` names the rank that
+        # raised; Ray Train only hands the exception to the driver.
+        traceback.print_exc()
+        raise
     finally:
         ctx.close()
 
