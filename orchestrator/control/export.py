@@ -6,15 +6,14 @@ with DeepSpeed's own consolidation code, on CPU, without starting any distribute
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core import checkpoints
 from orchestrator.core.errors import NotFoundError, OrchError
+from orchestrator.core.noise import library_output
 from orchestrator.storage import ObjectStore
 
 
@@ -44,10 +43,10 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
         names = [p.name for p in (Path(tmp) / tag).iterdir()]
         if any(n.startswith("zero_pp_rank_") for n in names):
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            # DeepSpeed prints its progress and notices; never on our stdout, and only with --verbose.
+            with library_output():
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-            # DeepSpeed prints its progress to stdout; keep our stdout for the command's own output.
-            with contextlib.redirect_stdout(sys.stderr):
                 state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
         else:  # ZeRO stage 0: rank 0 saved the whole module
             saved = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt", map_location="cpu",

@@ -3,6 +3,9 @@
 `ray start --head --block` runs in its own process session, so it outlives the `orch` command that
 started it and `orch cluster down` can stop exactly this cluster (its process group) without
 touching any other Ray on the machine. Its addresses are kept in ORCH_HOME/cluster/cluster.json.
+
+It also stops itself once idle (see cluster/idle.py and the background scheduler): `idle_stop_s` is kept in
+the same file, and `activity` holds the last time anything ran on it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
+from orchestrator.control.idle import default_idle_stop_s
 
 START_TIMEOUT_S = 90.0
 
@@ -33,6 +37,9 @@ class LocalClusterInfo:
     num_cpus: int
     num_gpus: int
     log_file: str
+    # Defaults keep state files written before idle stop existed readable.
+    idle_stop_s: float = 0.0
+    started_at: float = 0.0
 
 
 def _free_port() -> int:
@@ -63,6 +70,9 @@ class LocalCluster:
         # Every dashboard address this home's embedded cluster has had: a job recorded against one of them ran
         # on this machine, and (new ports on each start) an address that no longer answers is gone for good.
         self.history_file = self.dir / "addresses"
+        # Addresses stopped on purpose (`orch cluster down`, idle stop): their jobs were cancelled, never resubmit.
+        self.stopped_file = self.dir / "stopped"
+        self.activity_file = self.dir / "activity"
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -83,14 +93,22 @@ class LocalCluster:
             return None
         return info if _pid_alive(info.pid) else None
 
-    def up(self, num_cpus: int | None = None, num_gpus: int | None = None) -> LocalClusterInfo:
+    def up(self, num_cpus: int | None = None, num_gpus: int | None = None,
+           idle_stop_s: float | None = None) -> LocalClusterInfo:
+        """Start the cluster unless it runs; `idle_stop_s` (None: ORCH_IDLE_STOP_S or the default) also
+        changes the idle stop of a running one, so `orch cluster up --idle-stop 0` keeps it."""
         with self._lock():
             running = self.info()
             if running is not None:
+                if idle_stop_s is not None and idle_stop_s != running.idle_stop_s:
+                    running = LocalClusterInfo(**{**asdict(running), "idle_stop_s": idle_stop_s})
+                    self.state_file.write_text(json.dumps(asdict(running), indent=2))
+                    self.touch_activity()  # a new idle time counts from now
                 return running
-            return self._start(num_cpus or os.cpu_count() or 1, num_gpus or 0)
+            idle = default_idle_stop_s() if idle_stop_s is None else idle_stop_s
+            return self._start(num_cpus or os.cpu_count() or 1, num_gpus or 0, idle)
 
-    def _start(self, num_cpus: int, num_gpus: int) -> LocalClusterInfo:
+    def _start(self, num_cpus: int, num_gpus: int, idle_stop_s: float) -> LocalClusterInfo:
         gcs_port, dashboard_port = _free_port(), _free_port()
         log_file = self.dir / "ray-head.log"
         cmd = [
@@ -107,6 +125,7 @@ class LocalCluster:
         info = LocalClusterInfo(
             dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{gcs_port}",
             pid=proc.pid, num_cpus=num_cpus, num_gpus=num_gpus, log_file=str(log_file),
+            idle_stop_s=idle_stop_s, started_at=time.time(),
         )
         with open(self.history_file, "a") as history:
             history.write(info.dashboard_url + "\n")
@@ -138,13 +157,42 @@ class LocalCluster:
         raise ClusterUnavailable(f"The local Ray cluster did not become ready in {START_TIMEOUT_S:.0f} s. "
                                  f"See {info.log_file}.")
 
-    def down(self) -> bool:
-        """Stop the cluster. Returns False if none was running."""
+    def stopped_on_purpose(self, dashboard_url: str | None) -> bool:
+        """Whether that address was this home's cluster, stopped by `orch cluster down` or idle stop (not a
+        crash), and no cluster runs there now."""
+        try:
+            stopped = dashboard_url in self.stopped_file.read_text().split()
+        except OSError:
+            return False
+        current = self.info()
+        return stopped and (current is None or current.dashboard_url != dashboard_url)
+
+    def touch_activity(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.activity_file.write_text(f"{time.time():.3f}\n")
+
+    def last_active(self, info: LocalClusterInfo) -> float:
+        """When something last ran on it (or it started, or its idle setting changed), as a Unix time."""
+        times = [info.started_at]
+        for path in (self.activity_file, self.state_file):
+            try:
+                times.append(path.stat().st_mtime)
+            except OSError:
+                pass
+        return max(times)
+
+    def down(self, still_idle: Callable[[LocalClusterInfo], bool] | None = None) -> bool:
+        """Stop the cluster. Returns False if none was running (or `still_idle`, asked under the lock so no
+        command starts using the cluster meanwhile, says it is in use)."""
         with self._lock():
             info = self.info()
+            if info is not None and still_idle is not None and not still_idle(info):
+                return False
             self.state_file.unlink(missing_ok=True)
             if info is None:
                 return False
+            with open(self.stopped_file, "a") as stopped:
+                stopped.write(info.dashboard_url + "\n")
             self._kill_group(info.pid)
             return True
 

@@ -27,7 +27,7 @@ from orchestrator.control.local_cluster import LocalCluster
 from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtime_env
 from orchestrator.control.settings import db_path, default_storage_uri, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
-from orchestrator.core.lifecycle import CLUSTER_GONE, UNREACHABLE, Observation, Transition, decide
+from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
 from orchestrator.core.run import (
     clear_result,
     count_attempts,
@@ -261,9 +261,14 @@ class JobManager:
 
     def observe_ray(self, rec: JobRecord) -> tuple[str | None, str]:
         """(Ray's status of the record's newest submission, Ray's message); see lifecycle.Observation."""
+        if self.local.stopped_on_purpose(rec.ray_address):
+            # `orch cluster down` or idle stop took its cluster while it ran: cancelled with it, never taken for
+            # a lost driver and resubmitted.
+            self.db.update(rec.id, cancel_requested=True)
+            return CLUSTER_STOPPED, ""
         try:
             return self.ray_for(rec.ray_address).status(ray_submission_id(rec))
-        except (ClusterUnavailable, ConnectionError, RuntimeError):
+        except (ClusterUnavailable, RuntimeError, OSError):  # OSError: requests' ConnectionError, a refused socket
             if not self.local.was_embedded(rec.ray_address):
                 return UNREACHABLE, ""  # another cluster may be back later (its jobs still running); do not guess
             return None, CLUSTER_GONE
@@ -347,7 +352,7 @@ class JobManager:
     def list(self) -> list[JobRecord]:
         try:
             self.tick()
-        except ClusterUnavailable:
-            pass  # listing must work even when the cluster is down
+        except (ClusterUnavailable, OSError):
+            pass  # listing must work even when the cluster is down (OSError: requests' ConnectionError)
         return self.db.list()
 

@@ -38,6 +38,10 @@ def job_runtime_env(use_gpu: bool, secrets_file: Path | None, extra_env: dict[st
         # Ray Train 2.x blocks each report() for this long; our workers report sparingly, so poll fast.
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"),
         "PYTHONUNBUFFERED": "1",
+        # Plain logs: every rank's lines kept (Ray would merge look-alike lines of different workers into one,
+        # losing which rank printed them; `orch logs` dedups repeated warnings itself), and no colour codes stored.
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_COLOR_PREFIX": "0",
     })
     if same_machine:  # a path on this disk; a remote cluster keeps DeepSpeed's default cache
         env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())

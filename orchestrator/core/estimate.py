@@ -33,13 +33,12 @@ memory of a Ray Train worker that has imported torch and DeepSpeed, before any m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.core.errors import OrchError
+from orchestrator.core.noise import library_output
 from orchestrator.core.spec import JobSpec
 from orchestrator.workloads.facts import ModelFacts
 
@@ -199,8 +198,8 @@ def deepspeed_estimate(est: Estimate, spec: JobSpec) -> dict[str, Any] | None:
         return None
     largest = model_facts(spec).largest_tensor
     n = est.num_workers
-    # DeepSpeed logs its accelerator choice to stdout on import; keep stdout for our own output (--json).
-    with contextlib.redirect_stdout(sys.stderr):
+    # DeepSpeed logs its accelerator choice on import; keep it off stdout (--json), and quiet unless --verbose.
+    with library_output():
         return _deepspeed_estimate(ds, est.params, largest, n)
 
 

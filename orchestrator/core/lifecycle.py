@@ -12,6 +12,7 @@ and acts on the `Transition` this returns; jobs, campaigns and `orch sync` all d
 | FAILED / unknown  | FAILED (result or log line) | FAILED with the driver's reason     | FAILED, resume hint   |
 | FAILED / unknown  | none; restarts left         | QUEUED: resubmitted, resumes        | FAILED: driver lost   |
 | STOPPED           | -                           | CANCELLED if asked, else as FAILED  | CANCELLED if asked    |
+| cluster stopped   | -                           | CANCELLED: cluster stopped          | CANCELLED             |
 
 A record that does not exist yet (`state=None`, rebuilt by `orch sync`) takes the state its verdict or Ray
 says, and is never resubmitted: nobody knows whether it was cancelled on purpose.
@@ -25,6 +26,7 @@ from typing import Literal
 from orchestrator.core.states import JobState
 
 UNREACHABLE = "UNREACHABLE"  # Ray could not be asked (a remote cluster that may come back)
+CLUSTER_STOPPED = "CLUSTER_STOPPED"  # its cluster was stopped on purpose (`orch cluster down`, idle stop)
 CLUSTER_GONE = "the local Ray cluster it ran on has stopped"
 
 _FROM_RAY = {"PENDING": JobState.STARTING, "RUNNING": JobState.RUNNING, "SUCCEEDED": JobState.SUCCEEDED,
@@ -67,6 +69,8 @@ def decide(obs: Observation) -> Transition:
         return STAY
     if obs.state is None:
         return _rebuilt(obs)
+    if obs.ray_status == CLUSTER_STOPPED:
+        return Transition(JobState.CANCELLED, "cluster stopped") if not obs.state.terminal else STAY
     target = _ray_target(obs)
     if target is None or target == obs.state:
         return STAY

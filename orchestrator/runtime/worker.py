@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from orchestrator.core import checkpoints
 from orchestrator.core.deepspeed_config import build_deepspeed_config
 from orchestrator.core.metrics_log import MetricsLog
+from orchestrator.core.noise import silence_known_worker_warnings
 from orchestrator.core.run import rank_key, utc_now, write_attempt
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.core.spec import JobSpec
@@ -50,11 +52,17 @@ def resolve_workload(workload: str) -> Any:
 def run_worker(config: dict[str, Any]) -> None:
     """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
     load_secrets_file()
+    silence_known_worker_warnings()
     import ray.train
 
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
     try:
         resolve_workload(ctx.spec.workload)(ctx)
+    except Exception:
+        # Printed here, it is in the log under this worker's pid, so `orch logs --errors` names the rank that
+        # raised; Ray Train only hands the exception to the driver.
+        traceback.print_exc()
+        raise
     finally:
         ctx.close()
 
@@ -243,6 +251,8 @@ class WorkerContext:
         row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
         self.metrics.add(row, flush=True)
+        if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
+            print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
         self._report_to_ray(row)
         if checkpointing:
             self.save(engine, step, row)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.core.lifecycle import UNREACHABLE, Observation, decide
+from orchestrator.core.lifecycle import CLUSTER_STOPPED, UNREACHABLE, Observation, decide
 from orchestrator.core.states import JobState
 
 Q, S, R = JobState.QUEUED, JobState.STARTING, JobState.RUNNING
@@ -86,3 +86,9 @@ def test_sync_of_a_run_ray_never_knew_is_lost_and_resumable():
 @pytest.mark.parametrize("state", [OK, FAIL, CANCEL])
 def test_an_ended_record_stays_ended(state):
     assert decide(Observation(id="j", kind="job", state=state, ray_status="RUNNING")).target is None
+
+
+@pytest.mark.parametrize("kind", ["job", "campaign"])
+def test_a_cluster_stopped_on_purpose_cancels_and_never_resubmits(kind):
+    obs = Observation(id="j", kind=kind, state=R, ray_status=CLUSTER_STOPPED, submissions=1, max_restarts=3)
+    assert (decide(obs).target, decide(obs).message) == (CANCEL, "cluster stopped")

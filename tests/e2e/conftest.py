@@ -67,14 +67,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "ORCH_HOME": str(home), "RAY_TMPDIR": ray_tmp, "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_CACHE),
         "PYTHONUNBUFFERED": "1",
     }
-    up = subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "up"], cwd=REPO, env=env,
-                        text=True, capture_output=True, timeout=180)
+    # Shared by every test through ORCH_RAY_ADDRESS from other homes: it runs until the session ends, not idle-stopped.
+    up = subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "up", "--idle-stop", "0"], cwd=REPO,
+                        env=env, text=True, capture_output=True, timeout=180)
     assert up.returncode == 0, up.stderr
     info = json.loads((home / "cluster" / "cluster.json").read_text())
     try:
         yield {**env, "ORCH_RAY_ADDRESS": info["dashboard_url"]}
     finally:
-        subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "down"], cwd=REPO, env=env,
+        subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "down", "--cancel"], cwd=REPO, env=env,
                        capture_output=True, timeout=120)
 
 

@@ -86,25 +86,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from orchestrator.control.index import ray_submission_id
+    from orchestrator.control.cli.logs import show_logs
 
-    manager = _manager(args)
-    rec = manager.db.get(args.job)
-    if rec.ray_address is None or rec.submissions == 0:  # never ask "any Ray on this machine"
-        raise OrchError(f"Job {rec.id} has no Ray logs: it has not been handed to a Ray cluster we know "
-                        f"({rec.state.value.lower()}). Its metrics and result are in {rec.storage_uri}.")
-    ray = manager.ray_for(rec.ray_address)
-    try:
-        if args.follow:
-            from orchestrator.control.progress import stream_logs_with_status
-
-            stream_logs_with_status(manager, rec.id, ray.follow_logs(ray_submission_id(rec)), err)
-        else:
-            sys.stdout.write(ray.logs(ray_submission_id(rec)))
-    except RuntimeError:  # Ray's "job does not exist" / HTTP errors
-        raise OrchError(f"The Ray cluster at {rec.ray_address} has no logs for job {rec.id} (it was probably "
-                        f"restarted since the job ran). Its metrics and result are in {rec.storage_uri}.") from None
-    return 0
+    return show_logs(_manager(args), args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -133,23 +117,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from orchestrator.control.local_cluster import LocalCluster
-    from orchestrator.control.settings import orch_home
+    from orchestrator.control.cli.cluster import cluster_command
 
-    local = LocalCluster(orch_home())
-    if args.action == "up":
-        info = local.up(num_cpus=args.num_cpus)
-        out.print(f"Local Ray cluster up: dashboard {info.dashboard_url}, {info.num_cpus} CPUs, {info.num_gpus} GPUs")
-    elif args.action == "down":
-        out.print("Local Ray cluster stopped." if local.down() else "No local Ray cluster was running.")
-    else:
-        info = local.info()
-        if args.json:
-            print(json.dumps(info.__dict__ if info else None, indent=2))
-        else:
-            out.print(f"Local Ray cluster: dashboard {info.dashboard_url}, {info.num_cpus} CPUs" if info
-                      else "No local Ray cluster is running (it starts on the first `orch submit`).")
-    return 0
+    return cluster_command(args)
 
 
 # ---- formatting ---------------------------------------------------------------------------------------
@@ -178,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.add_argument("--address", help="Ray dashboard address of an existing cluster (default: ORCH_RAY_ADDRESS, "
                        "else the embedded local cluster)")
+        p.add_argument("--verbose", action="store_true", help="also show what other libraries print (DeepSpeed, "
+                       "Ray, progress bars), on stderr")
         return p
 
     p = add("submit", cmd_submit, "Submit a job spec (YAML).")
@@ -195,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("logs", cmd_logs, "Print a job's driver and worker logs.")
     p.add_argument("job")
     p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--rank", type=int, metavar="N", help="only the lines of training worker rank N")
+    p.add_argument("--since", metavar="STEP|TIME", help="from a step (120), a UTC time (2026-01-02T10:00:00) or "
+                   "a duration ago (10m) on")
+    p.add_argument("--errors", action="store_true", help="the failure reason and its traceback first, then "
+                   "other error lines")
     p = add("cancel", cmd_cancel, "Cancel a queued or running job.")
     p.add_argument("job")
     p = add("resume", cmd_resume, "Resume a failed or cancelled job from its newest verified checkpoint.")
@@ -203,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cluster", cmd_cluster, "Manage the embedded local Ray cluster.")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--idle-stop", metavar="DURATION", help="up: stop by itself after this long with nothing "
+                   "queued or running (900, 15m, 1h; 0 = never; default ORCH_IDLE_STOP_S, else 15m)")
+    p.add_argument("--cancel", action="store_true", help="down: cancel its queued and running jobs first")
     p.add_argument("--json", action="store_true")
     from orchestrator.control.cli.campaigns import register as register_campaigns
     from orchestrator.control.cli.checkpoints import register
@@ -239,6 +219,9 @@ def _show_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from orchestrator.core.noise import set_verbose
+
+    set_verbose(args.verbose)
     _show_warnings()
     try:
         return args.func(args)
