@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.control.index import JobStore
+from orchestrator.control.index import JobIndex
 from orchestrator.control.local_cluster import _pid_alive
 from orchestrator.control.scheduler import scheduler_running
 from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
@@ -102,7 +102,7 @@ def test_cluster_down_refuses_with_a_running_job_and_cancel_ends_it_for_good(own
         status = own.status(job_id)
         assert listed[job_id]["state"] == status["state"] == "CANCELLED"
         assert status["message"] == "cluster stopped" and status["attempts"] <= 1
-        assert JobStore(own.home / "jobs.db").get(job_id).submissions == 1  # never handed to Ray again
+        assert JobIndex(own.home / "jobs.db").get(job_id).submissions == 1  # never handed to Ray again
     assert _cluster(own) is None  # nothing started the cluster again to resubmit it
     assert "Traceback" not in (own.home / "scheduler.log").read_text()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_bad_input import MLP, job_rows, stored_files, the_error
+from tests.control.test_bad_input import MLP, job_rows, stored_files, the_error
 
 pytestmark = pytest.mark.e2e
 
