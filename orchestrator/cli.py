@@ -138,7 +138,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     local = LocalCluster(orch_home())
     if args.action == "up":
-        info = local.up(num_cpus=args.num_cpus)
+        info = local.up(num_cpus=args.num_cpus, num_gpus=args.num_gpus)
         out.print(f"Local Ray cluster up: dashboard {info.dashboard_url}, {info.num_cpus} CPUs, {info.num_gpus} GPUs")
     elif args.action == "down":
         out.print("Local Ray cluster stopped." if local.down() else "No local Ray cluster was running.")
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cluster", cmd_cluster, "Manage the embedded local Ray cluster.")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer jobs (default: the GPUs Ray finds)")
     p.add_argument("--json", action="store_true")
     from orchestrator.cli_campaigns import register as register_campaigns
     from orchestrator.cli_checkpoints import register
