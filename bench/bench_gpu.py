@@ -151,7 +151,7 @@ def table(results: list[Result]) -> str:
 
 
 def report(results: list[Result], device: str) -> str:
-    cases = ", ".join(f"`{c.spec}` ({c.label}: {c.steps} steps)" for c in CASES)
+    cases = ", ".join(f"`{c.spec}` ({c.label}: {c.steps} steps)" for c in dict.fromkeys(r.case for r in results))
     text = [f"{cases} on 1 x {device} through `orch submit`, bf16, no gradient accumulation, fused AdamW. tokens/s "
             "is the median of the report windows after the first (so start-up and the first steps are left out); "
             "MFU counts 6N + attention FLOPs per token against the dense bf16 peak (989 TFLOP/s for H100/H200).",
