@@ -31,11 +31,11 @@ class Bench:
                     "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "PYTHONUNBUFFERED": "1"}
 
     def __enter__(self) -> Bench:
-        self.orch("cluster", "up")
+        self.orch("cluster", "up", "--idle-stop", "0")  # warm for the whole run; stopped on exit
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.orch("cluster", "down", check=False)
+        self.orch("cluster", "down", "--cancel", check=False)
 
     def orch(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO, text=True,
