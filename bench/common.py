@@ -31,11 +31,12 @@ class Bench:
                     "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "PYTHONUNBUFFERED": "1"}
 
     def __enter__(self) -> Bench:
-        self.orch("cluster", "up", "--num-gpus", str(gpu_count()))  # the GPUs torch sees, as the workers will
+        # Warm for the whole run (no idle stop), offering the GPUs torch sees, as the workers will.
+        self.orch("cluster", "up", "--idle-stop", "0", "--num-gpus", str(gpu_count()))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.orch("cluster", "down", check=False)
+        self.orch("cluster", "down", "--cancel", check=False)
 
     def orch(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
              timeout: float | None = None) -> subprocess.CompletedProcess:
