@@ -18,9 +18,10 @@ any of them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.core.spec import JobSpec
+if TYPE_CHECKING:  # spec.py validates through deepspeed_config, which calls this module
+    from orchestrator.core.spec import JobSpec
 
 # Above ~16M elements per collective, gloo and NCCL are bandwidth bound: bigger buckets only cost memory.
 BUCKET_CAP = 2**24
