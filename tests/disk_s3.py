@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3server import free_port
+from tests.s3server import free_port, stop_process
 
 S3RVER_HOME = Path.home() / ".cache" / "orch-s3rver"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -56,12 +56,7 @@ def disk_s3_server(data_dir: Path, buckets: tuple[str, ...] = ("orch",)) -> Iter
         _wait_until_serving(url, process, log_path)
         yield url, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
