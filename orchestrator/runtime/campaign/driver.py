@@ -102,13 +102,22 @@ class CampaignProgress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.write(trials, plot=True)
 
+    def _why(self, trial_ids: list[str]) -> str:
+        """'id (reason); id (reason)': the reasons the trials wrote, so the campaign's verdict says why."""
+        store = open_store(self.store_uri)
+        parts = []
+        for trial_id in trial_ids:
+            reason = (read_result(store.child(trial_key(trial_id))) or {}).get("reason") or "no reason recorded"
+            parts.append(f"{trial_id} ({str(reason)[:300]})")
+        return "; ".join(parts)
+
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
         failed = [t.trial_id for t in trials if t.status == "ERROR"]
         if unfinished:
             state, reason = "INTERRUPTED", f"{len(unfinished)} trials did not finish: {', '.join(unfinished)}"
         elif failed:
-            state, reason = "FAILED", f"{len(failed)} of {len(trials)} trials failed: {', '.join(failed)}"
+            state, reason = "FAILED", f"{len(failed)} of {len(trials)} trials failed: {self._why(failed)}"
         else:
             state, reason = "SUCCEEDED", ""
         self.write(trials, state, reason, plot=True)
