@@ -25,7 +25,7 @@ from orchestrator.control.cluster_address import (
 from orchestrator.control.index import JobIndex, JobRecord, new_job_id, ray_submission_id
 from orchestrator.control.local_cluster import LocalCluster
 from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtime_env
-from orchestrator.control.settings import db_path, default_storage_uri, orch_home, ray_address_override
+from orchestrator.control.settings import db_path, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
 from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
 from orchestrator.core.run import (
@@ -114,7 +114,7 @@ class JobManager:
     def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
         """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
         that is it) and the cluster's total CPUs and GPUs."""
-        base = open_store(spec.storage_uri(default_storage_uri()))
+        base = open_store(spec.storage_uri((self.home / "storage").as_uri()))
         base.check()
         url = self.cluster_url(start=True)
         assert url is not None
