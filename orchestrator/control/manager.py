@@ -236,7 +236,8 @@ class JobManager:
                                           {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
                                           spec.working_dir, same_machine)
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
-            ray.submit(submission_id, entrypoint, runtime_env, metadata={**metadata, "orch_name": rec.name})
+            ray.submit(submission_id, entrypoint, runtime_env,
+                       metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})
         except OrchError as exc:
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
                                finished_at=utc_now(), message=str(exc))

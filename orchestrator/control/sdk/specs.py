@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.core.campaign_spec import Campaign
 from orchestrator.core.errors import SpecError
 from orchestrator.core.spec import JobSpec
+from orchestrator.core.tracking_spec import DEFAULT_EXPERIMENT, MLFLOW_URI_ENV
 
 SpecSource = str | os.PathLike | Mapping[str, Any] | JobSpec
 Overrides = Mapping[str, Any] | Sequence[str] | None
@@ -46,12 +48,30 @@ def load_job_spec(source: SpecSource, overrides: Overrides = None) -> JobSpec:
 
     sets = override_pairs(overrides)
     if isinstance(source, JobSpec):
-        return parse_spec(source.model_dump(mode="json"), sets, source="spec") if sets else source
-    if isinstance(source, Mapping):
-        return parse_spec(dict(source), sets, source="spec")
-    if isinstance(source, (str, os.PathLike)):
-        return load_spec_file(source, sets)
-    raise SpecError(f"spec must be a path to a YAML file, a mapping or a JobSpec, not {type(source).__name__}.")
+        spec = parse_spec(source.model_dump(mode="json"), sets, source="spec") if sets else source
+    elif isinstance(source, Mapping):
+        spec = parse_spec(dict(source), sets, source="spec")
+    elif isinstance(source, (str, os.PathLike)):
+        spec = load_spec_file(source, sets)
+    else:
+        raise SpecError(f"spec must be a path to a YAML file, a mapping or a JobSpec, not {type(source).__name__}.")
+    uri = tracking_uri(spec.tracking.mlflow is not None, spec.tracking.mlflow.uri if spec.tracking.mlflow else None)
+    if uri is None or (spec.tracking.mlflow is not None and spec.tracking.mlflow.uri == uri):
+        return spec
+    return parse_spec(spec.model_dump(mode="json"), [f"tracking.mlflow.uri={json.dumps(uri)}"], source="spec")
+
+
+def tracking_uri(configured: bool, uri: str | None) -> str | None:
+    """The MLflow URI a new run is tracked at: the spec's, else MLFLOW_TRACKING_URI of this shell (stored in the
+    spec, so the driver gets it wherever it runs); None when neither asks for tracking."""
+    if uri:
+        return uri
+    env_uri = os.environ.get(MLFLOW_URI_ENV, "").strip()
+    if configured and not env_uri:
+        raise SpecError("field 'tracking.mlflow.uri' is not set and MLFLOW_TRACKING_URI is empty; set one of them "
+                        "to your MLflow tracking server (for example http://127.0.0.1:5000), or remove "
+                        "tracking.mlflow.")
+    return env_uri or None
 
 
 def load_campaign(source: str | os.PathLike | Mapping[str, Any], overrides: Overrides = None,
@@ -63,7 +83,14 @@ def load_campaign(source: str | os.PathLike | Mapping[str, Any], overrides: Over
     sets = override_pairs(overrides)
     if isinstance(source, Mapping):
         data = apply_campaign_sets(dict(source), sets)
-        return resolve_campaign(data, base_dir=Path(base_dir or Path.cwd()), source="campaign spec")
-    if isinstance(source, (str, os.PathLike)):
-        return load_campaign_file(source, sets)
-    raise SpecError(f"campaign spec must be a path to a YAML file or a mapping, not {type(source).__name__}.")
+        campaign = resolve_campaign(data, base_dir=Path(base_dir or Path.cwd()), source="campaign spec")
+    elif isinstance(source, (str, os.PathLike)):
+        campaign = load_campaign_file(source, sets)
+    else:
+        raise SpecError(f"campaign spec must be a path to a YAML file or a mapping, not {type(source).__name__}.")
+    mlflow = (campaign.base.get("tracking") or {}).get("mlflow")
+    uri = tracking_uri(mlflow is not None, (mlflow or {}).get("uri"))
+    if uri is None or (mlflow or {}).get("uri") == uri:
+        return campaign
+    tracking = {"mlflow": {**(mlflow or {"experiment": DEFAULT_EXPERIMENT}), "uri": uri}}
+    return replace(campaign, base={**campaign.base, "tracking": tracking})
