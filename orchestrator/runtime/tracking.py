@@ -73,7 +73,8 @@ class MlflowTracker:
             return True, fn(self._client)
         except Exception as exc:  # the tracker is best effort by design: training must go on
             self.errors += 1
-            self.last_error = f"{what}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.last_error = f"{what}: {type(exc).__name__}: {first_line}"[:500]
             log.warning("MLflow %s failed (will retry): %s", what, self.last_error[:300])
             return False, None
 
