@@ -175,12 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.control.cli.insights import register as register_insights
     from orchestrator.control.cli.spec_doc import register as register_spec
     from orchestrator.control.cli.sync import register as register_sync
+    from orchestrator.control.cli.ui import register as register_ui
 
     register(add)
     register_campaigns(add)
     register_sync(add)
     register_insights(add)
     register_spec(add)
+    register_ui(add)
     return parser
 
 

@@ -69,10 +69,10 @@ class Client:
         rec = self.manager.db.get(job_id)
         return Campaign(self, rec.id) if rec.kind == "campaign" else Job(self, rec.id)
 
-    def jobs(self, state: str | None = None, kind: str | None = None) -> list[JobStatus]:
+    def jobs(self, state: str | None = None, kind: str | None = None, refresh: bool = True) -> list[JobStatus]:
         """Every job and campaign of this home, oldest first; `state` ("RUNNING", ...) and `kind` ("job",
-        "campaign") filter them."""
-        records = self.manager.list()
+        "campaign") filter them. `refresh=False` reads the index as it is, without asking Ray first."""
+        records = self.manager.list() if refresh else self.manager.db.list()
         wanted = state.upper() if state else None
         return [self._status(r) for r in records
                 if (wanted is None or r.state.value == wanted) and (kind is None or r.kind == kind)]
@@ -267,11 +267,12 @@ class Job:
 class Campaign(Job):
     """A tuning campaign: a Job whose checkpoints, exports and metrics are those of one trial (the best by default)."""
 
-    def summary(self) -> dict[str, Any]:
-        """What `orch status CAMPAIGN --json` prints: the record, counts, the best trial and every trial."""
+    def summary(self, refresh: bool = True) -> dict[str, Any]:
+        """What `orch status CAMPAIGN --json` prints: the record, counts, the best trial and every trial.
+        `refresh=False` reads the index as it is, without asking Ray first."""
         from orchestrator.control.campaigns import campaign_status
 
-        return campaign_status(self._manager.get(self.id))
+        return campaign_status(self._manager.get(self.id) if refresh else self.record())
 
     def trials(self) -> list[Trial]:
         return [Trial.from_summary(t) for t in self.summary()["trials"]]
