@@ -58,7 +58,9 @@ def load_job_spec(source: SpecSource, overrides: Overrides = None) -> JobSpec:
     uri = tracking_uri(spec.tracking.mlflow is not None, spec.tracking.mlflow.uri if spec.tracking.mlflow else None)
     if uri is None or (spec.tracking.mlflow is not None and spec.tracking.mlflow.uri == uri):
         return spec
-    return parse_spec(spec.model_dump(mode="json"), [f"tracking.mlflow.uri={json.dumps(uri)}"], source="spec")
+    data = spec.model_dump(mode="json")
+    data["tracking"] = {"mlflow": {**(data["tracking"].get("mlflow") or {}), "uri": uri}}
+    return parse_spec(data, source="spec")
 
 
 def tracking_uri(configured: bool, uri: str | None) -> str | None:
