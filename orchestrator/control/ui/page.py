@@ -166,7 +166,7 @@ async function followMetrics(id, gen) {
       drawJobCharts();
     }
     if (TERMINAL.includes(answer.state) && !answer.rows.length) return;
-    if (!answer.rows.length) await new Promise(r => setTimeout(r, 1000));
+    // No pause otherwise: the server already waited for new rows (a long poll), so ask again at once.
   }
 }
 
