@@ -31,6 +31,7 @@ from orchestrator.core.noise import silence_known_worker_warnings
 from orchestrator.core.run import rank_key, utc_now, write_attempt
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.core.spec import JobSpec
+from orchestrator.runtime.build_locks import clear_stale_build_locks
 from orchestrator.runtime.checkpoint_writer import (
     CheckpointWriter,
     discard_after,
@@ -53,6 +54,7 @@ def run_worker(config: dict[str, Any]) -> None:
     """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
     load_secrets_file()
     silence_known_worker_warnings()
+    clear_stale_build_locks()
     import ray.train
 
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
