@@ -75,7 +75,7 @@ def test_a_notebook_runs_a_job_and_a_campaign_through_the_sdk(notebook_env: Path
     assert frame["loss"].dropna().iloc[-1] == pytest.approx(trained[-1]["loss"])
     history = [int(n) for n in re.search(r'data-row-history="([\d,]+)"', dom).group(1).split(",")]
     assert len(set(history)) >= 2 and history == sorted(history), history  # redrawn as rows came in
-    assert history[-1] == len(rows) and re.search(rf'id="chart-loss"[^>]*data-points="{len(trained)}"', dom)
+    assert history[-1] == len(rows) and re.search(rf'data-series="loss"[^>]*data-points="{len(trained)}"', dom)
 
     assert [c.step for c in job.checkpoints() if c.committed and c.verified] == [30, 60]
     exported = job.export(tmp_path / "model.safetensors")
@@ -100,6 +100,7 @@ def test_a_notebook_runs_a_job_and_a_campaign_through_the_sdk(notebook_env: Path
         "search_space": {"train.lr": {"type": "grid", "values": [0.001, 0.01]}},
         "search": {"algorithm": "grid"}, "scheduler": {"type": "fifo"},
         "metric": "eval_accuracy", "mode": "max", "num_samples": 1, "trial_resources": {"num_workers": 1},
+        "max_concurrent_trials": 1,  # one trial process at a time: the machine's memory is shared
     }, base_dir=EXAMPLES)
     status = campaign.wait(timeout=CAMPAIGN_TIMEOUT_S)
     assert status.succeeded, status.message
