@@ -62,7 +62,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
          "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
-        env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+        # Only tracking is tested: no background job runner (a dozen worker processes on a shared machine).
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
