@@ -33,6 +33,24 @@ def render(page: Path, screenshot: Path) -> str:
     return dom
 
 
+def dump_url(url: str, virtual_time_ms: int = 0, timeout: float = 300) -> str:
+    """The DOM of a live page after its scripts ran: with `virtual_time_ms`, Chromium runs the page's timers for
+    that much virtual time, which stands still while a request is waiting (so long polls run to their end)."""
+    browser = chromium()
+    with tempfile.TemporaryDirectory(prefix="orch-chromium-") as profile:
+        budget = [f"--virtual-time-budget={virtual_time_ms}"] if virtual_time_ms else []
+        return subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", *budget, "--dump-dom", url],
+                              capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
+def screenshot_url(url: str, screenshot: Path, virtual_time_ms: int = 5000) -> None:
+    browser = chromium()
+    with tempfile.TemporaryDirectory(prefix="orch-chromium-") as profile:
+        subprocess.run([browser, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={virtual_time_ms}",
+                        f"--screenshot={screenshot}", "--window-size=1200,2000", url],
+                       capture_output=True, timeout=300, check=True)
+
+
 def assert_not_blank(screenshot: Path) -> None:
     from PIL import Image, ImageStat
 

@@ -26,7 +26,7 @@ from orchestrator.control.cluster_address import (
 from orchestrator.control.index import JobIndex, JobRecord, new_job_id, ray_submission_id
 from orchestrator.control.local_cluster import LocalCluster
 from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtime_env
-from orchestrator.control.settings import db_path, default_storage_uri, orch_home, ray_address_override
+from orchestrator.control.settings import db_path, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
 from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
 from orchestrator.core.run import (
@@ -115,7 +115,7 @@ class JobManager:
     def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
         """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
         that is it) and the cluster's total CPUs and GPUs."""
-        base = open_store(spec.storage_uri(default_storage_uri()))
+        base = open_store(spec.storage_uri((self.home / "storage").as_uri()))
         base.check()
         url = self.cluster_url(start=True)
         assert url is not None
@@ -229,7 +229,8 @@ class JobManager:
                                           {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
                                           spec.working_dir, same_machine)
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
-            ray.submit(submission_id, entrypoint, runtime_env, metadata={**metadata, "orch_name": rec.name})
+            ray.submit(submission_id, entrypoint, runtime_env,
+                       metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})
         except OrchError as exc:
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
                                finished_at=utc_now(), message=str(exc))

@@ -6,6 +6,7 @@
     <storage>/jobs/<job-id>/workers/rank-NNNNN.json   what each rank holds (shard sizes, measured memory)
     <storage>/jobs/<job-id>/checkpoints/...           the checkpoint protocol (core/checkpoints/)
     <storage>/jobs/<job-id>/result.json               the verdict, written last, only by `write_result`
+    <storage>/jobs/<job-id>/tracking.json             experiment-tracker logging: run id, rows logged, errors
     <storage>/campaigns/<id>/trials/<trial-id>/...    a trial: the same layout as a job
 
 The runtime writes these and the control plane reads them; neither spells a key anywhere else. A driver whose
@@ -30,6 +31,7 @@ CAMPAIGNS_PREFIX = "campaigns"
 TRIALS_PREFIX = "trials"
 SPEC_KEY = "spec.yaml"
 RESULT_KEY = "result.json"
+TRACKING_KEY = "tracking.json"
 ATTEMPTS_DIR = "attempts/"
 WORKERS_DIR = "workers/"
 VERDICT_PREFIX = "orch: job FAILED: "
@@ -119,6 +121,19 @@ def read_result(store: ObjectStore) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
+def write_tracking(store: ObjectStore, report: dict[str, Any]) -> None:
+    """What the driver's experiment-tracker logging did so far (never fatal: a failed write is retried later)."""
+    store.put_bytes(TRACKING_KEY, json.dumps(report, indent=2).encode())
+
+
+def read_tracking(store: ObjectStore) -> dict[str, Any]:
+    try:
+        report = json.loads(store.get_bytes(TRACKING_KEY))
+    except (StorageError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def summarize(store: ObjectStore, status: str, reason: str = "") -> dict[str, Any]:
     """What result.json says: the verdict plus the run's final metrics, attempts and committed checkpoints."""
     rows = read_metrics(store)
@@ -129,6 +144,7 @@ def summarize(store: ObjectStore, status: str, reason: str = "") -> dict[str, An
         "final_metrics": final, "first_loss": next((r["loss"] for r in rows if "loss" in r), None),
         "last_step": max((r.get("step", 0) for r in rows), default=0),
         "attempts": count_attempts(store), "checkpoints": committed,
+        **({"tracking": tracking} if (tracking := read_tracking(store)) else {}),
     }
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.core.errors import SpecError
+from orchestrator.core.tracking_spec import TrackingSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -26,8 +27,8 @@ SECRET_NAME_PATTERN = re.compile(
     r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|(^|_)(KEY|PASS|AUTH)(_|$))", re.I)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
-# Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
-UNECHOED_FIELDS = ("env", "storage")
+# Fields whose values are never echoed in error messages: env may hold secrets, storage and tracker URIs credentials.
+UNECHOED_FIELDS = ("env", "storage", "tracking")
 # Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
 RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 
@@ -128,6 +129,8 @@ class JobSpec(_Section):
     failure: FailureSpec = Field(default_factory=FailureSpec, description="how many failures to survive")
     storage: str | None = Field(None, description="s3://bucket/prefix, file:// or a path; default ~/.orch/storage")
     env: dict[str, str] = Field(default_factory=dict, description="extra worker environment; secrets go out of band")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec,
+                                   description="experiment tracker the run is mirrored to (MLflow)")
 
     @field_validator("name")
     @classmethod

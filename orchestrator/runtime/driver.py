@@ -16,6 +16,7 @@ import traceback
 from orchestrator.core.run import read_spec, root_cause, verdict_line, write_result
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.core.spec import JobSpec, parse_spec
+from orchestrator.runtime.tracking_runs import start_job_tracking
 from orchestrator.storage import open_store
 
 WORKER_GROUP_START_TRIES = 3
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     load_secrets_file()
     store = open_store(args.store)
     spec = parse_spec(read_spec(store), source=f"job {args.job_id} spec")
+    # Mirrors metrics to the experiment tracker from here, on a thread: the workers never wait for it.
+    tracking = start_job_tracking(spec, args.job_id, store)
     try:
         build_trainer(spec, args.job_id, args.store).fit()
     except Exception as exc:  # the job failed for good: say why in result.json, then exit non-zero
@@ -64,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = root_cause(exc)
         # Printed first: if storage itself is what failed, this line (which Ray keeps with the job) is the verdict.
         print(verdict_line(reason), file=sys.stderr, flush=True)
+        if tracking is not None:
+            tracking.finish("FAILED")
         write_result(store, "FAILED", reason)
         return 1
+    if tracking is not None:
+        tracking.finish("SUCCEEDED")  # before result.json, which reports what the tracker received
     write_result(store, "SUCCEEDED")
     print(f"orch: job {args.job_id} SUCCEEDED")
     return 0

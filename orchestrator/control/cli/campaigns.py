@@ -21,40 +21,34 @@ TRIAL_STYLES = {"SUCCEEDED": "green", "STOPPED": "yellow", "FAILED": "red", "RUN
                 "PENDING": "white", "INTERRUPTED": "magenta"}
 
 
-def _manager(args: argparse.Namespace) -> Any:
-    from orchestrator.control.manager import JobManager
-
-    return JobManager(address=getattr(args, "address", None))
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from orchestrator.control.campaigns import submit_campaign
-    from orchestrator.core.campaign_spec import load_campaign_file
+    from orchestrator.control.cli.client import client
 
-    campaign = load_campaign_file(args.spec, args.set or [])
-    manager = _manager(args)
-    rec = submit_campaign(manager, campaign)
-    err.print(f"Submitted campaign {rec.id}: {campaign.spec.trial_count()} trials, at most "
-              f"{rec.spec['concurrency']} at a time, {campaign.spec.scheduler.type} scheduler, "
-              f"{campaign.spec.search.algorithm} search, {campaign.spec.mode} {campaign.spec.metric}.")
-    return _finish(manager, rec, args.wait)
+    orch = client(args)
+    campaign = orch.tune(args.spec, args.set or [])
+    from orchestrator.core.campaign_spec import Campaign
+
+    rec = campaign.record()
+    spec = Campaign.from_record(rec.spec).spec
+    err.print(f"Submitted campaign {rec.id}: {spec.trial_count()} trials, at most "
+              f"{rec.spec['concurrency']} at a time, {spec.scheduler.type} scheduler, "
+              f"{spec.search.algorithm} search, {spec.mode} {spec.metric}.")
+    return _finish(orch, rec, args.wait)
 
 
-def resume_campaign_cmd(manager: Any, args: argparse.Namespace) -> int:
-    from orchestrator.control.campaigns import resume_campaign
-
-    rec = resume_campaign(manager, args.job)
-    err.print(f"Resumed campaign {rec.id}: finished trials stay finished, the others continue from their newest "
+def resume_campaign_cmd(orch: Any, campaign: Any, args: argparse.Namespace) -> int:
+    status = campaign.resume()
+    err.print(f"Resumed campaign {status.id}: finished trials stay finished, the others continue from their newest "
               "verified checkpoints.")
-    return _finish(manager, rec, args.wait)
+    return _finish(orch, campaign.record(), args.wait)
 
 
-def _finish(manager: Any, rec: JobRecord, wait: bool) -> int:
+def _finish(orch: Any, rec: JobRecord, wait: bool) -> int:
     if not wait:
         err.print(f"Follow it with: orch status {rec.id}")
         print(rec.id)
         return 0
-    rec = follow_job(manager, rec.id, err, line=campaign_progress_line)
+    rec = follow_job(orch.manager, rec.id, err, line=campaign_progress_line)
     print(rec.id)
     return 0 if rec.state.value == "SUCCEEDED" else 1
 
@@ -75,12 +69,12 @@ def campaign_progress_line(rec: JobRecord) -> Text:
     return Text("  ".join(parts))
 
 
-def show_campaign(rec: JobRecord, as_json: bool) -> int:
+def show_campaign(campaign: Any, as_json: bool) -> int:
     """`orch status CAMPAIGN`: the record, the best trial and a leaderboard of every trial."""
-    from orchestrator.control.campaigns import campaign_status
     from orchestrator.core.campaign_summary import leaderboard
 
-    status = campaign_status(rec)
+    status = campaign.summary()
+    rec = campaign.record()
     if as_json:
         print(json.dumps(status, indent=2))
         return 0

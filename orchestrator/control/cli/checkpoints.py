@@ -16,49 +16,20 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.core.errors import OrchError
-from orchestrator.core.run import read_spec, trial_key
 from orchestrator.core.units import human_size
 
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _job_store(job_id: str, trial: str | None = None) -> tuple[dict[str, Any], Any]:
-    """(the job spec as a dict, the store holding its checkpoints) for a job, or for one trial of a campaign."""
+def _job(args: argparse.Namespace) -> Any:
+    """The SDK handle of the job (or campaign) the command names."""
+    from orchestrator.control.cli.client import client
 
-    from orchestrator.control.manager import JobManager
-    from orchestrator.core.campaign_summary import read_summary
-    from orchestrator.storage import StorageError, open_store
-
-    rec = JobManager().db.get(job_id)
-    store = open_store(rec.storage_uri)
-    if rec.kind != "campaign":
-        if trial is not None:
-            raise OrchError(f"--trial: {job_id} is a job, not a campaign; drop --trial.")
-        return rec.spec, store
-    if trial is None:
-        trial = ((read_summary(store) or {}).get("best_trial") or {}).get("id")
-        if trial is None:
-            raise OrchError(f"Campaign {job_id} has no best trial yet; name one with --trial (see orch status "
-                            f"{job_id}).")
-    trial_store = store.child(trial_key(trial))
-    try:
-        spec = read_spec(trial_store)
-    except StorageError:
-        raise OrchError(f"--trial: campaign {job_id} has no trial '{trial}'; see orch status {job_id} for the "
-                        "trial ids.") from None
-    return spec, trial_store
+    return client(args).job(args.job)
 
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
-    from orchestrator.core import checkpoints
-
-    _, store = _job_store(args.job, args.trial)
-    infos = checkpoints.list_checkpoints(store)
-    rows = []
-    for info in infos:
-        verified = checkpoints.verify_checkpoint(store, info.step, deep=False).ok if info.committed else False
-        rows.append({"step": info.step, "created": info.created, "size_bytes": info.size,
-                     "committed": info.committed, "verified": verified, "metrics": info.metrics})
+    rows = [c.as_dict() for c in _job(args).checkpoints(trial=args.trial)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -73,36 +44,21 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from orchestrator.core import checkpoints
-
-    _, store = _job_store(args.job, args.trial)
-    infos = [c for c in checkpoints.list_checkpoints(store) if c.committed]
-    if args.step is not None:
-        infos = [c for c in infos if c.step == args.step]
-    if not infos:
-        raise OrchError(f"Job {args.job} has no committed checkpoint{'' if args.step is None else ' at that step'}.")
     bad = 0
-    for info in infos:
-        result = checkpoints.verify_checkpoint(store, info.step, deep=True)
+    for result in _job(args).verify(step=args.step, trial=args.trial):
         if result.ok:
-            out.print(f"step {info.step}: [green]OK[/] ({result.checked_files} files re-hashed)")
+            out.print(f"step {result.step}: [green]OK[/] ({result.checked_files} files re-hashed)")
         else:
             bad += 1
             for problem in result.problems:
-                out.print(f"step {info.step}: [red]BAD[/] {problem}")
+                out.print(f"step {result.step}: [red]BAD[/] {problem}")
     return 1 if bad else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.control.export import choose_step, consolidated_state_dict, save_state_dict
-
-    _, store = _job_store(args.job, args.trial)
-    step = choose_step(store, args.step)
-    state = consolidated_state_dict(store, step)
-    out_path = Path(args.out)
-    save_state_dict(state, out_path, "safetensors" if args.safetensors else "pt")
-    n_params = sum(t.numel() for t in state.values())
-    out.print(f"Exported step {step} of {args.job}: {len(state)} tensors, {n_params:,} parameters -> {out_path}")
+    done = _job(args).export(args.out, step=args.step, trial=args.trial, safetensors=args.safetensors)
+    out.print(f"Exported step {done.step} of {args.job}: {done.tensors} tensors, {done.parameters:,} parameters -> "
+              f"{done.path}")
     return 0
 
 
@@ -112,7 +68,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from orchestrator.control.export import choose_step, consolidated_state_dict
     from orchestrator.workloads import BUILTIN_WORKLOADS, load
 
-    spec, store = _job_store(args.job, args.trial)
+    job = _job(args)
+    spec, store = job.spec(args.trial), job.store(args.trial)
     workload = BUILTIN_WORKLOADS.get(spec.get("workload", ""))
     if workload is None or workload.predict is None:
         served = ", ".join(name for name, w in BUILTIN_WORKLOADS.items() if w.predict)

@@ -19,21 +19,18 @@ from orchestrator.core.errors import OrchError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def show_logs(manager: Any, args: argparse.Namespace) -> int:
+def show_logs(orch: Any, args: argparse.Namespace) -> int:
     from orchestrator.control.logview import LogFilter, error_report, parse_since, split_lines
-    from orchestrator.control.manager import ray_submission_id
 
-    rec = manager.db.get(args.job)
+    job = orch.job(args.job)
+    rec = job.record()
     if args.errors and args.follow:
         raise OrchError("--errors: it reads the whole log of a finished job and does not combine with --follow; "
                         "drop one of them.")
     if args.rank is not None and args.rank < 0:
         raise OrchError(f"--rank: {args.rank} is not a worker rank; ranks count from 0.")
     since = parse_since(args.since) if args.since else None
-    if rec.ray_address is None or rec.submissions == 0:  # never ask "any Ray on this machine"
-        raise OrchError(f"Job {rec.id} has no Ray logs: it has not been handed to a Ray cluster we know "
-                        f"({rec.state.value.lower()}). Its metrics and result are in {rec.storage_uri}.")
-    ray = manager.ray_for(rec.ray_address)
+    ray, submission = job.ray_log_source()
     view = LogFilter(rank=args.rank, since=since)
     view.ranks.update(_ranks_from_storage(rec))
     tty = sys.stdout.isatty()
@@ -41,10 +38,10 @@ def show_logs(manager: Any, args: argparse.Namespace) -> int:
         if args.follow:
             from orchestrator.control.progress import stream_logs_with_status
 
-            lines = view.run(split_lines(ray.follow_logs(ray_submission_id(rec))))
-            stream_logs_with_status(manager, rec.id, _with_newlines(lines, tty), err)
+            lines = view.run(split_lines(ray.follow_logs(submission)))
+            stream_logs_with_status(orch.manager, rec.id, _with_newlines(lines, tty), err)
         else:
-            raw = ray.logs(ray_submission_id(rec)).splitlines()
+            raw = job.fetch_logs(ray, submission).splitlines()
             for line in raw:  # a pid's rank is known from the worker group's start, even for earlier lines
                 view.learn(line)
             if args.errors:

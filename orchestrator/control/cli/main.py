@@ -16,68 +16,58 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.control.cli.client import client
 from orchestrator.core.errors import OrchError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _manager(args: argparse.Namespace) -> Any:
-    from orchestrator.control.manager import JobManager
-
-    return JobManager(address=getattr(args, "address", None))
-
-
-def _ensure_scheduler(manager: Any) -> None:
-    from orchestrator.control.scheduler import ensure_scheduler
-
-    ensure_scheduler(manager.home)
-
-
 # ---- commands ----------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    from orchestrator.core.spec import load_spec_file
-
-    spec = load_spec_file(args.spec, args.set or [])
-    manager = _manager(args)
-    rec = manager.submit(spec, force=args.force, memory_per_worker_gb=args.memory_per_worker)
-    _ensure_scheduler(manager)  # keeps the queue moving even if this process is killed while waiting
+    orch = client(args)
+    job = orch.submit(args.spec, args.set or [], force=args.force, memory_per_worker_gb=args.memory_per_worker)
     if not args.wait:
-        err.print(f"Submitted {rec.id} ({rec.state.value}). Follow it with: orch status {rec.id}")
-        print(rec.id)
+        err.print(f"Submitted {job.id} ({job.status().state}). Follow it with: orch status {job.id}")
+        print(job.id)
         return 0
+    return _follow(orch, job.id)
+
+
+def _follow(orch: Any, job_id: str) -> int:
     from orchestrator.control.progress import follow_job
 
-    rec = follow_job(manager, rec.id, err)
+    rec = follow_job(orch.manager, job_id, err)
     print(rec.id)
     return 0 if rec.state.value == "SUCCEEDED" else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    records = _manager(args).list()
+    statuses = client(args).jobs()
     if args.json:
-        print(json.dumps([r.as_dict() for r in records], indent=2))
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
     table = Table("ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED")
-    for r in records:
-        m = r.metrics
-        table.add_row(r.id, r.kind, _state_text(r.state.value), str(m.get("step", "")),
-                      _fmt(m.get("loss")), str(r.attempts), r.created_at)
-    out.print(table if records else "No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
+    for s in statuses:
+        m = s.metrics
+        table.add_row(s.id, s.kind, _state_text(s.state), str(m.get("step", "")),
+                      _fmt(m.get("loss")), str(s.attempts), s.created_at)
+    out.print(table if statuses else "No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rec = _manager(args).get(args.job)
-    if rec.kind == "campaign":
+    job = client(args).job(args.job)
+    if job.record().kind == "campaign":
         from orchestrator.control.cli.campaigns import show_campaign
 
-        return show_campaign(rec, args.json)
+        return show_campaign(job, args.json)
+    status = job.status()
     if args.json:
-        print(json.dumps(rec.as_dict(), indent=2))
+        print(json.dumps(status.as_dict(), indent=2))
         return 0
     table = Table(show_header=False, box=None)
-    for key, value in rec.as_dict().items():
+    for key, value in status.as_dict().items():
         if key == "metrics":
             value = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(value.items()) if k != "time")
         table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else str(value))
@@ -88,32 +78,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from orchestrator.control.cli.logs import show_logs
 
-    return show_logs(_manager(args), args)
+    return show_logs(client(args), args)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    rec = _manager(args).cancel(args.job)
-    out.print(f"{rec.id}: {_state_text(rec.state.value)}")
-    return 0 if rec.state.value == "CANCELLED" else 1
+    status = client(args).job(args.job).cancel()
+    out.print(f"{status.id}: {_state_text(status.state)}")
+    return 0 if status.state == "CANCELLED" else 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    manager = _manager(args)
-    if manager.db.get(args.job).kind == "campaign":
+    orch = client(args)
+    job = orch.job(args.job)
+    if job.record().kind == "campaign":
         from orchestrator.control.cli.campaigns import resume_campaign_cmd
 
-        return resume_campaign_cmd(manager, args)
-    rec = manager.resume(args.job)
-    _ensure_scheduler(manager)
+        return resume_campaign_cmd(orch, job, args)
+    status = job.resume()
     if not args.wait:
-        err.print(f"Resumed {rec.id} ({rec.state.value}); it continues from its newest verified checkpoint.")
-        print(rec.id)
+        err.print(f"Resumed {status.id} ({status.state}); it continues from its newest verified checkpoint.")
+        print(status.id)
         return 0
-    from orchestrator.control.progress import follow_job
-
-    rec = follow_job(manager, rec.id, err)
-    print(rec.id)
-    return 0 if rec.state.value == "SUCCEEDED" else 1
+    return _follow(orch, status.id)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -190,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.control.cli.insights import register as register_insights
     from orchestrator.control.cli.spec_doc import register as register_spec
     from orchestrator.control.cli.sync import register as register_sync
+    from orchestrator.control.cli.ui import register as register_ui
 
     register(add)
     register_campaigns(add)
     register_sync(add)
     register_insights(add)
     register_spec(add)
+    register_ui(add)
     return parser
 
 

@@ -51,6 +51,9 @@ def documented_sections() -> dict[str, type[BaseModel]]:
     for name, info in JobSpec.model_fields.items():
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             sections[name] = info.annotation
+    from orchestrator.core.tracking_spec import MlflowSpec
+
+    sections["tracking.mlflow"] = MlflowSpec
     for name, workload in BUILTIN_WORKLOADS.items():
         sections[f"{name}.model"] = workload.model_config
         sections[f"{name}.data"] = workload.data_config

@@ -31,6 +31,7 @@ from orchestrator.core.campaign_summary import (
 from orchestrator.core.run import read_result, read_spec, trial_key, write_result
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.runtime.campaign.reaper import OrphanedGroupReaper
+from orchestrator.runtime.tracking_runs import start_campaign_tracking
 from orchestrator.storage import ObjectStore, open_store
 from orchestrator.storage.local import LocalStore
 
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     campaign = Campaign.from_record(record)
     if campaign.spec.search.seed is not None:
         random.seed(campaign.spec.search.seed)  # PBT's explore step draws from Python's random
+    # The campaign as a parent run and each trial as a child run in the experiment tracker, from a thread.
+    tracking = start_campaign_tracking(args.campaign_id, record, store)
     try:
         tuner, resumed = build_tuner(args.campaign_id, campaign, store, int(record["concurrency"]))
         print(f"orch: campaign {args.campaign_id}: {'continuing' if resumed else 'starting'} Tune experiment")
@@ -183,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _write_verdict(store, args.campaign_id, campaign, "FAILED", f"{type(exc).__name__}: {exc}"[:1000])
         print(f"orch: campaign {args.campaign_id} FAILED: {exc}", file=sys.stderr)
+        if tracking is not None:
+            tracking.finish("FAILED")
         return 1
     summary = read_summary(store) or {}
     if summary.get("state") in (None, "RUNNING"):
         _write_verdict(store, args.campaign_id, campaign, "INTERRUPTED", "Tune stopped before the campaign ended")
         summary = read_summary(store) or {}
+    if tracking is not None:
+        tracking.finish(str(summary.get("state")))
     reason = f": {summary['reason']}" if summary.get("reason") else ""
     print(f"orch: campaign {args.campaign_id} {summary.get('state')}{reason}")
     return 0 if summary.get("state") == "SUCCEEDED" else 1

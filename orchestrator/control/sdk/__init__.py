@@ -1,0 +1,7 @@
+"""The Python SDK (`from orchestrator import Client`): the same operations as the `orch` command, typed."""
+
+from orchestrator.control.sdk.client import Campaign, Client, Job
+from orchestrator.control.sdk.types import BestTrial, CheckpointInfo, ExportResult, JobStatus, Trial, VerifyResult
+
+__all__ = ["BestTrial", "Campaign", "CheckpointInfo", "Client", "ExportResult", "Job", "JobStatus", "Trial",
+           "VerifyResult"]
