@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
+from orchestrator.control.cli.tables import print_id_table
 from orchestrator.control.index import JobRecord
 from orchestrator.control.progress import follow_job
 
@@ -91,13 +91,11 @@ def show_campaign(campaign: Any, as_json: bool) -> int:
         out.print("No trials have started yet.")
         return 0
     keys = sorted({k for row in board for k in row["config"]})
-    table = Table("#", "TRIAL", "STATE", status["metric"], "AT STEP", "STEPS", *_short_names(keys),
-                  title=f"Leaderboard ({status['mode']} {status['metric']}; last measured value of each trial)")
-    for row in board:
-        value = "" if row["value"] is None else f"{row['value']:.4g}"
-        table.add_row(str(row["rank"]), row["id"], _styled(row["state"]), value, str(row["step"] or ""),
-                      str(row["steps"]), *[escape(_fmt(row["config"].get(k))) for k in keys])
-    out.print(table)
+    rows = [[str(row["rank"]), row["id"], _styled(row["state"]), "" if row["value"] is None else f"{row['value']:.4g}",
+             str(row["step"] or ""), str(row["steps"]), *[escape(_fmt(row["config"].get(k))) for k in keys]]
+            for row in board]
+    print_id_table(out, ["#", "TRIAL", "STATE", status["metric"], "AT STEP", "STEPS", *_short_names(keys)], "TRIAL",
+                   rows, title=f"Leaderboard ({status['mode']} {status['metric']}; last measured value of each trial)")
     out.print(f"plot: {status['plot_uri']}")
     return 0
 

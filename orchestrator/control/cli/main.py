@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.control.cli.client import client
+from orchestrator.control.cli.tables import print_id_table
 from orchestrator.core.errors import OrchError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -47,12 +48,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
-    table = Table("ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED")
-    for s in statuses:
-        m = s.metrics
-        table.add_row(s.id, s.kind, _state_text(s.state), str(m.get("step", "")),
-                      _fmt(m.get("loss")), str(s.attempts), s.created_at)
-    out.print(table if statuses else "No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
+    if not statuses:
+        out.print("No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
+        return 0
+    rows = [[s.id, s.kind, _state_text(s.state), str(s.metrics.get("step", "")), _fmt(s.metrics.get("loss")),
+             str(s.attempts), s.created_at] for s in statuses]
+    print_id_table(out, ["ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED"], "ID", rows,
+                   droppable=["CREATED", "ATTEMPTS", "KIND"])
     return 0
 
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from orchestrator.control.cli.tables import print_id_table
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -30,12 +31,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                           "skipped": result.skipped}, indent=2))
         return 0
     if result.added:
-        table = Table("ID", "STATE", "STEP", "LOSS", "MESSAGE")
-        for rec in result.added:
-            loss = rec.metrics.get("loss")
-            table.add_row(rec.id, rec.state.value, str(rec.metrics.get("step", "")),
-                          f"{loss:.4g}" if isinstance(loss, float) else "", escape(rec.message))
-        out.print(table)
+        rows = [[rec.id, rec.state.value, str(rec.metrics.get("step", "")), _loss_text(rec.metrics.get("loss")),
+                 escape(rec.message)] for rec in result.added]
+        print_id_table(out, ["ID", "STATE", "STEP", "LOSS", "MESSAGE"], "ID", rows)
     for job_id, why in result.skipped.items():
         out.print(f"[yellow]skipped[/] {job_id}: {escape(why)}")
     out.print(f"Indexed {len(result.added)} job(s) from {len(dict.fromkeys(uris))} storage location(s); "
@@ -48,3 +46,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--storage", action="append", metavar="URI",
                    help="also scan this storage location (s3://bucket/prefix or a path); repeatable")
     p.add_argument("--json", action="store_true")
+
+
+def _loss_text(loss: object) -> str:
+    return f"{loss:.4g}" if isinstance(loss, float) else ""
