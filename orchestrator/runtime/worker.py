@@ -40,6 +40,7 @@ from orchestrator.runtime.checkpoint_writer import (
     restore_candidates,
 )
 from orchestrator.runtime.host_memory import pin_mmap_threshold
+from orchestrator.runtime.shm_buffers import release_own_buffer, sweep_stale_buffers
 from orchestrator.runtime.step_metrics import health_metrics
 from orchestrator.storage import open_store
 
@@ -57,11 +58,15 @@ def run_worker(config: dict[str, Any]) -> None:
     load_secrets_file()
     silence_known_worker_warnings()
     clear_stale_build_locks()
+    sweep_stale_buffers()
     import ray.train
 
-    ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
+    ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context(),
+                        gate=config.get("gate"))
     try:
         resolve_workload(ctx.spec.workload)(ctx)
+    except StoppedByScheduler as stop:  # a campaign's scheduler ended this trial at a rung: not an error
+        print(f"orch: {stop}", flush=True)
     except Exception:
         # Printed here, it is in the log under this worker's pid, so `orch logs --errors` names the rank that
         # raised; Ray Train only hands the exception to the driver.
@@ -89,9 +94,14 @@ def build_optimizer(model: torch.nn.Module, spec: JobSpec, device: torch.device)
                              fused=fused)
 
 
+class StoppedByScheduler(Exception):
+    """Raised out of `after_step` on every rank when a campaign's scheduler stopped the trial at a rung."""
+
+
 class WorkerContext:
-    def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any):
+    def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any, gate: Any = None):
         self.spec, self.job_id = spec, job_id
+        self.gate = gate  # a campaign trial's DecisionGate (orchestrator.runtime.decision_gate), else None
         if spec.deepspeed.zero_stage == 3 and not spec.scaling.use_gpu:
             # Before the model exists, so its tensors never fragment the heap. Only where memory binds (ZeRO-3
             # on CPU): an mmap per large tensor costs a small ZeRO-1 GPT ~25% of its tokens/s.
@@ -141,6 +151,9 @@ class WorkerContext:
             model=model, optimizer=optimizer, lr_scheduler=scheduler,
             config=build_deepspeed_config(self.spec, self.world_size),
         )
+        if dist.is_initialized():  # every rank has mapped its peers' shm buffers: their names can go
+            dist.barrier()
+            release_own_buffer(self.rank)
         self._write_shard_stats(model)
         self._measure_model_states_at_first_update()
         return self.engine
@@ -261,6 +274,15 @@ class WorkerContext:
         if checkpointing:
             self.save(engine, step, row)
             self._window.reset()  # the save stall is measured on its own (checkpoint_stall_s), not as throughput
+        if self.gate is not None and step in self.gate.steps:
+            self._await_decision(step)
+
+    def _await_decision(self, step: int) -> None:
+        """Collective: every rank waits here until the campaign's scheduler has judged this report."""
+        go_on = self._all_ranks(self.gate.wait(step) if self.rank == 0 else True)
+        self._window.reset()  # waiting is not training: throughput starts again after it
+        if not go_on:
+            raise StoppedByScheduler(f"the campaign's scheduler stopped this trial at step {step}")
 
     @staticmethod
     def _report_to_ray(row: dict[str, Any]) -> None:
