@@ -109,7 +109,7 @@ def progress_metrics(summary: dict[str, Any], ended: bool) -> dict[str, Any]:
     best = summary.get("best_trial") or {}
     return {**summary.get("counts", {}), "planned": summary.get("planned_trials"),
             "metric": summary.get("metric"), "best": best.get("value"), "best_trial": best.get("id"),
-            "total_steps": summary.get("total_steps")}
+            "total_steps": summary.get("total_steps"), "steps_after_stop": summary.get("steps_after_stop", 0)}
 
 
 def campaign_status(rec: JobRecord) -> dict[str, Any]:
@@ -125,6 +125,7 @@ def campaign_status(rec: JobRecord) -> dict[str, Any]:
         "planned_trials": summary.get("planned_trials"),
         "counts": summary.get("counts", {}),
         "total_steps": summary.get("total_steps", 0),
+        "steps_after_stop": summary.get("steps_after_stop", 0),
         "best_trial": summary.get("best_trial"),
         "trials": summary.get("trials", []),
         "plot_uri": f"{rec.storage_uri}/{PLOT_FILE}",

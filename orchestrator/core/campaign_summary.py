@@ -66,8 +66,10 @@ def summarize_trial(view: TrialView, store: ObjectStore, metric: str, mode: str)
         "last_metric": values[-1][1] if values else None,
         "last_metric_step": values[-1][0] if values else None,
         "best_metric": pick(v for _, v in values) if values else None,
-        "steps": max((int(r.get("step", 0)) for r in rows), default=0),
+        "steps": (steps := max((int(r.get("step", 0)) for r in rows), default=0)),
         "tune_step": view.tune_step,
+        # Trained after the report the scheduler stopped it at: compute spent on nothing (0 when gated at rungs).
+        "steps_after_stop": max(0, steps - view.tune_step) if state == "STOPPED" and view.tune_step else 0,
         "early_stopped": state == "STOPPED",
         "store_uri": store.uri,
         "reason": (result or {}).get("reason", "") if state == "FAILED" else "",
@@ -114,6 +116,7 @@ def campaign_summary(campaign_id: str, campaign: Campaign, views: list[TrialView
         "search": spec.search.algorithm, "planned_trials": spec.trial_count(),
         "counts": {"total": len(trials), **counts},
         "total_steps": sum(t["steps"] for t in trials),
+        "steps_after_stop": sum(t["steps_after_stop"] for t in trials),
         "best_trial": best_trial(trials, spec.metric, spec.mode, trials_store),
         "trials": trials,
     }

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import traceback
+from typing import Any
 
 from orchestrator.core.run import read_spec, root_cause, verdict_line, write_result
 from orchestrator.core.secrets import load_secrets_file
@@ -22,7 +23,8 @@ from orchestrator.storage import open_store
 WORKER_GROUP_START_TRIES = 3
 
 
-def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTrainer (ray imported lazily)
+def build_trainer(spec: JobSpec, job_id: str, store_uri: str, gate: Any = None):  # -> TorchTrainer (lazy ray)
+    """The job's TorchTrainer; `gate` (a DecisionGate) makes a campaign trial's workers wait at its rungs."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -34,7 +36,7 @@ def build_trainer(spec: JobSpec, job_id: str, store_uri: str):  # -> TorchTraine
         resources["GPU"] = scaling.worker_gpus
     return TorchTrainer(
         run_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "job_id": job_id, "store": store_uri},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "job_id": job_id, "store": store_uri, "gate": gate},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=scaling.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),

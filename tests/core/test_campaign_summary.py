@@ -83,6 +83,8 @@ def test_summary_counts_ranks_and_points_at_the_best_model(campaign_store):
     # Judged by what Tune saw when it stopped it; charged for every step it trained.
     assert by_id["x_00001"]["last_metric"] == 0.1 and by_id["x_00001"]["last_metric_step"] == 1
     assert by_id["x_00001"]["steps"] == 20 and by_id["x_00001"]["tune_step"] == 1
+    assert by_id["x_00001"]["steps_after_stop"] == 19 and summary["steps_after_stop"] == 19
+    assert by_id["x_00000"]["steps_after_stop"] == 0  # trained to its end: nothing after a stop
     # A running trial shows its newest value, even one Tune has not processed yet.
     assert by_id["x_00002"]["last_metric"] == 0.95
     assert by_id["x_00003"]["last_metric"] is None and by_id["x_00003"]["steps"] == 0

@@ -34,9 +34,10 @@ def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_r
     finished = [t for t in trials if t["state"] == "SUCCEEDED"]
     # ASHA (grace 40 steps, halving) stopped some trials at a rung; the survivors trained all 120 steps.
     assert stopped and finished, [(t["id"], t["state"], t["tune_step"], t["steps"]) for t in trials]
-    for trial in stopped:  # judged at a rung (40 or 80); workers may train a few reports further before teardown
+    for trial in stopped:  # judged at a rung (40 or 80), where its workers waited for the decision: no step more
         assert trial["tune_step"] in (40, 80) and trial["last_metric_step"] == trial["tune_step"]
-        assert trial["tune_step"] <= trial["steps"] <= 120
+        assert trial["steps"] == trial["tune_step"] and trial["steps_after_stop"] == 0, trial
+    assert status["steps_after_stop"] == 0
     assert all(t["steps"] == t["tune_step"] == 120 for t in finished)
     assert status["total_steps"] == sum(t["steps"] for t in trials) < 8 * 120
     assert set(trials[0]["config"]) == {"train.lr", "model.hidden_sizes", "train.l2"}

@@ -65,7 +65,8 @@ def campaign_progress_line(rec: JobRecord) -> Text:
     if m.get("best") is not None:
         parts.append(f"best {m.get('metric')} {m['best']:.4g} ({m.get('best_trial')})")
     if m.get("total_steps"):
-        parts.append(f"{m['total_steps']} steps")
+        after_stop = f" ({m['steps_after_stop']} after stop decisions)" if m.get("steps_after_stop") else ""
+        parts.append(f"{m['total_steps']} steps{after_stop}")
     return Text("  ".join(parts))
 
 

@@ -29,6 +29,7 @@ from orchestrator.core.campaign_summary import (
     write_reports,
 )
 from orchestrator.core.run import read_result, read_spec, trial_key, write_result
+from orchestrator.core.rungs import rung_steps
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.runtime.campaign.reaper import OrphanedGroupReaper
 from orchestrator.runtime.tracking_runs import start_campaign_tracking
@@ -133,7 +134,8 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
     # Trials are drivers only: their TorchTrainer's workers hold the CPUs, so the trial itself takes none
     # (Tune needs some resource in a trial's bundle: its driver process's memory, logically reserved).
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, campaign_id=campaign_id, campaign_store=store.uri, base=campaign.base),
+        tune.with_parameters(run_trial, campaign_id=campaign_id, campaign_store=store.uri, base=campaign.base,
+                             rungs=rung_steps(campaign), metric=campaign.spec.metric),
         {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
     storage_path, filesystem = tune_storage(store)
     experiment = f"{storage_path}/{TUNE_DIR}"

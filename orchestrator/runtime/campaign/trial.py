@@ -33,8 +33,10 @@ from orchestrator.core.run import (
     write_result,
     write_spec,
 )
+from orchestrator.core.rungs import decision_steps
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.core.spec import parse_spec
+from orchestrator.runtime.decision_gate import DecisionGate
 from orchestrator.storage import ObjectStore, StorageError, open_store
 
 POINTER_FILE = "orch_trial_checkpoint.json"
@@ -51,8 +53,9 @@ def trial_job_id(campaign_id: str, trial_id: str) -> str:
     return f"{campaign_id}-{trial_id}"
 
 
-def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, base: dict[str, Any]) -> None:
-    """The Tune function trainable (see module docstring)."""
+def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, base: dict[str, Any],
+              rungs: list[float], metric: str) -> None:
+    """The Tune function trainable (see module docstring); `rungs` are the scheduler's judging steps."""
     load_secrets_file()
     from ray import tune
 
@@ -69,19 +72,20 @@ def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, bas
     pointer = _read_pointer(tune.get_checkpoint())
     if pointer and pointer["trial_store"] != store.uri:
         adopt_checkpoint(open_store(pointer["trial_store"]), store, config)
-    _train_and_forward(spec, trial_job_id(campaign_id, trial_id), store)
+    _train_and_forward(spec, trial_job_id(campaign_id, trial_id), store, decision_steps(spec, rungs, metric))
 
 
-def _train_and_forward(spec: Any, job_id: str, store: ObjectStore) -> None:
+def _train_and_forward(spec: Any, job_id: str, store: ObjectStore, gate_steps: list[int]) -> None:
     from ray import tune
     from ray.util.queue import Empty, Queue
 
     from orchestrator.runtime.driver import build_trainer
 
-    trainer = build_trainer(spec, job_id, store.uri)
-    # One report at a time, in order. (Workers do not wait for Tune: a trial Tune stops trains on for the
-    # moment it takes to tear it down; report.py charges those steps but judges the trial by what Tune saw.)
-    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    # The workers wait at each gate step until Tune has judged it (decision_gate.py); between them they do not
+    # wait for Tune, and the summary charges any steps run past the report Tune stopped a trial at.
+    gate = DecisionGate(gate_steps) if gate_steps else None
+    trainer = build_trainer(spec, job_id, store.uri, gate=gate)
+    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # one report at a time, in order
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), ForwardReports(reports)]
     outcome: dict[str, BaseException] = {}
     fit = threading.Thread(target=_fit, args=(trainer, outcome), name="orch-trial-fit", daemon=True)
@@ -104,9 +108,14 @@ def _train_and_forward(spec: Any, job_id: str, store: ObjectStore) -> None:
                     tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
                 tune.report(row)
+            if gate is not None:  # tune.report returns only once Tune asks for the next report: it goes on
+                gate.release(step)
     except BaseException:
-        # Tune stopped or paused the trial (SystemExit out of tune.report). Killing the queue makes the Train
-        # controller's next hand-over fail, so it tears the workers down now rather than when this process ends.
+        # Tune stopped or paused the trial (SystemExit out of tune.report). Closing the gate ends workers waiting
+        # at a rung; killing the queue makes the Train controller's next hand-over fail, so it tears the workers
+        # down now rather than when this process ends.
+        if gate is not None:
+            gate.close()
         reports.shutdown(force=True)
         raise
     fit.join()

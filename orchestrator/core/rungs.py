@@ -1,0 +1,45 @@
+"""Where a campaign's scheduler judges trials, in training steps: trials wait there for its decision.
+
+ASHA compares trials at its rungs. A trial is judged at its first report at or past a rung that carries the metric,
+so that is where its workers wait (orchestrator.runtime.decision_gate) until Tune has decided. Hyperband and PBT
+decide elsewhere and are not gated.
+"""
+
+from __future__ import annotations
+
+import math
+
+from orchestrator.core.campaign_spec import Campaign
+from orchestrator.core.spec import JobSpec
+
+
+def rung_steps(campaign: Campaign) -> list[float]:
+    """ASHA's rungs over all brackets (grace_period x reduction_factor^k), below the longest trial."""
+    sched = campaign.spec.scheduler
+    if sched.type != "asha":
+        return []
+    rungs, milestone = [], float(sched.grace_period)
+    while milestone < campaign.max_t:
+        rungs.append(milestone)
+        milestone *= sched.reduction_factor
+    return rungs
+
+
+def decision_steps(job: JobSpec, rungs: list[float], metric: str) -> list[int]:
+    """For each rung, the first step at or past it whose report carries `metric`, before the trial's last step.
+
+    Workers report every train.report_every steps and at every eval; eval_* metrics come only with evals."""
+    train = job.train
+
+    def carries_metric(step: int) -> bool:
+        evaluated = train.eval_every > 0 and step % train.eval_every == 0
+        return evaluated if metric.startswith("eval_") else evaluated or step % train.report_every == 0
+
+    steps = set()
+    for rung in rungs:
+        step = math.ceil(rung)
+        while step < train.steps and not carries_metric(step):
+            step += 1
+        if step < train.steps:
+            steps.add(step)
+    return sorted(steps)
