@@ -35,6 +35,7 @@ from orchestrator.core.checkpoints.protocol import (
     read_manifest,
     sha256_file,
     step_prefix,
+    step_tag,
     try_commit,
     wait_and_commit,
     write_rank_part,
