@@ -70,6 +70,14 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
 
 
 def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
+    try:
+        _save(state, out, fmt)
+    except OSError as exc:
+        raise OrchError(f"--out {out} cannot be written ({exc.strerror or exc}). Give a path in a directory you "
+                        "can write.") from None
+
+
+def _save(state: dict[str, Any], out: Path, fmt: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     if fmt == "safetensors":

@@ -9,6 +9,7 @@ keeps ticking (see orchestrator/control/scheduler.py), so the queue drains even 
 from __future__ import annotations
 
 import fcntl
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +43,10 @@ from orchestrator.core.run import (
 from orchestrator.core.secrets import write_secrets_file
 from orchestrator.core.spec import JobSpec, parse_spec
 from orchestrator.core.states import ACTIVE_STATES, JobState
+from orchestrator.core.workload_check import check_submittable
 from orchestrator.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 class JobManager:
@@ -114,6 +118,7 @@ class JobManager:
     def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
         """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
         that is it) and the cluster's total CPUs and GPUs."""
+        check_submittable(spec.workload, spec.working_dir)  # before anything starts or is written
         base = open_store(spec.storage_uri(default_storage_uri()))
         base.check()
         url = self.cluster_url(start=True)
@@ -157,7 +162,12 @@ class JobManager:
     def tick(self) -> None:
         """Reconcile active jobs and campaigns, then start queued jobs that fit, per cluster, oldest first."""
         for rec in self.db.list(states=ACTIVE_STATES):
-            self.reconcile(rec)
+            try:
+                self.reconcile(rec)
+            except ClusterUnavailable:
+                continue  # that cluster is down for now; the record stays as it is
+            except Exception:  # one record must never stop the others from being followed
+                log.exception("reconciling %s failed; the other jobs go on", rec.id)
         with self._launch_lock() as mine:
             if not mine:
                 return  # another orch process is launching right now; the scheduler ticks again within a second
@@ -237,9 +247,12 @@ class JobManager:
                                           spec.working_dir, same_machine)
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
             ray.submit(submission_id, entrypoint, runtime_env, metadata={**metadata, "orch_name": rec.name})
-        except OrchError as exc:
+        except Exception as exc:  # whatever Ray (or the spec) raises fails this job, never the whole queue
+            message = str(exc) if isinstance(exc, OrchError) else (
+                f"Could not hand the job to Ray ({type(exc).__name__}: {exc}). Fix the cause and run "
+                f"orch resume {rec.id}.")
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
-                               finished_at=utc_now(), message=str(exc))
+                               finished_at=utc_now(), message=message)
             return False
         if not self.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
                                   started_at=utc_now(), message=""):

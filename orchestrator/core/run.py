@@ -19,8 +19,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-import yaml
-
+from orchestrator.core import safe_yaml
 from orchestrator.core.checkpoints import list_checkpoints
 from orchestrator.core.metrics_log import METRICS_KEY, read_jsonl
 from orchestrator.storage import ObjectStore, StorageError
@@ -66,12 +65,12 @@ def attempt_key(attempt: int) -> str:
 # ---- spec ----------------------------------------------------------------------------------------------------
 def write_spec(store: ObjectStore, data: dict[str, Any]) -> None:
     """The spec as the run will use it; callers pass it redacted."""
-    store.put_bytes(SPEC_KEY, yaml.safe_dump(data, sort_keys=False).encode())
+    store.put_bytes(SPEC_KEY, safe_yaml.dump(data).encode())
 
 
 def read_spec(store: ObjectStore) -> Any:
-    """The stored spec as YAML data (callers validate it)."""
-    return yaml.safe_load(store.get_bytes(SPEC_KEY))
+    """The stored spec as YAML data (callers validate it); aliases, duplicate keys and huge files refused."""
+    return safe_yaml.load(store.get_bytes(SPEC_KEY), "stored spec.yaml")
 
 
 # ---- metrics, attempts ---------------------------------------------------------------------------------------

@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from orchestrator.core import safe_yaml
 from orchestrator.core.errors import SpecError
+from orchestrator.core.spec_values import MAX_INT, check_finite, is_int_field
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -35,6 +45,19 @@ RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 class _Section(BaseModel):
     # No inf/NaN: they are never meaningful here, and JSON (records, results) cannot hold them.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_counts(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true/false as 1/0, and Python ints have no size limit; neither is a meaningful count.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or not is_int_field(field.annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not a boolean (true/false)")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError(f"must be less than or equal to {MAX_INT}")
+        return value
 
 
 class ScalingSpec(_Section):
@@ -70,6 +93,12 @@ class DeepSpeedSpec(_Section):
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="raw DeepSpeed config merged over the derived one (expert escape hatch)")
 
+    @field_validator("config")
+    @classmethod
+    def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        check_finite(config, "deepspeed.config")
+        return config
+
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> DeepSpeedSpec:
         if self.offload_optimizer and self.zero_stage == 0:
@@ -86,7 +115,8 @@ class TrainSpec(_Section):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    seed: int = Field(0, description="seeds init, data order and noise; resume restores RNG state")
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1,  # what torch.manual_seed takes
+                      description="seeds init, data order and noise; resume restores RNG state")
     eval_every: int = Field(0, ge=0, description="0: evaluate only at the end")
     eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
     report_every: int = Field(10, ge=1, description="steps between metric reports")
@@ -265,16 +295,22 @@ def load_spec_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(f"Spec file '{path}' does not exist. Check the path (example specs are in jobs/examples/).")
+    if not path.is_file():  # a directory, FIFO or device: reading it could block or never end
+        raise SpecError(f"Spec file '{path}' is not a regular file (a directory, pipe or device?). Give the path "
+                        "of a YAML file (example specs are in jobs/examples/).")
     try:
+        if path.stat().st_size > safe_yaml.MAX_SPEC_BYTES:
+            raise SpecError(f"Spec file '{path}' is {path.stat().st_size} bytes, more than the "
+                            f"{safe_yaml.MAX_SPEC_BYTES} a spec may have. Check that it is the right file.")
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"Spec file '{path}' cannot be read ({exc.strerror}). Check its permissions.") from None
     except UnicodeDecodeError:
         raise SpecError(f"Spec file '{path}' is not UTF-8 text. Save it as UTF-8 YAML.") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -306,7 +342,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             raise SpecError(f"--set '{_one_line(item)}' must look like key.path=value (for example "
                             "scaling.num_workers=2).")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_yaml.load(raw, "--set value") if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
             value = raw
         node = data

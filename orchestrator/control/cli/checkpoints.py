@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.core.errors import OrchError
@@ -20,6 +22,7 @@ from orchestrator.core.run import read_spec, trial_key
 from orchestrator.core.units import human_size
 
 out = Console(highlight=False, soft_wrap=True)
+TRIAL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _job_store(job_id: str, trial: str | None = None) -> tuple[dict[str, Any], Any]:
@@ -29,6 +32,9 @@ def _job_store(job_id: str, trial: str | None = None) -> tuple[dict[str, Any], A
     from orchestrator.core.campaign_summary import read_summary
     from orchestrator.storage import StorageError, open_store
 
+    if trial is not None and not TRIAL_ID.match(trial):
+        raise OrchError(f"--trial '{escape(trial[:80])}' is not a trial id (letters, digits, '-', '_', '.'; no "
+                        f"'/' or '..'). See orch status {job_id} for the trial ids.")
     rec = JobManager().db.get(job_id)
     store = open_store(rec.storage_uri)
     if rec.kind != "campaign":
@@ -64,7 +70,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         return 0
     table = Table("STEP", "CREATED", "SIZE", "COMMITTED", "VERIFIED", "METRICS")
     for r in rows:
-        metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+        metrics = "  ".join(f"{k}={_number(v)}" for k, v in sorted(r["metrics"].items())
                             if k in ("loss", "eval_loss", "eval_accuracy"))
         table.add_row(str(r["step"]), r["created"] or "", human_size(r["size_bytes"]), _yes(r["committed"]),
                       _yes(r["verified"]), metrics)
@@ -93,9 +99,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _number(value: Any) -> str:
+    """A manifest's metric as written by anyone with storage access: a number, or shown escaped as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return escape(repr(value)[:40])
+
+
+def _check_out(raw: str) -> Path:
+    """--out must be a path a model file can be written to, checked before any work; never a device or FIFO."""
+    if not raw.strip():
+        raise OrchError("--out is empty. Give the file to write, e.g. --out model.pt.")
+    path = Path(raw)
+    if path.is_dir():
+        raise OrchError(f"--out {raw} is a directory. Give a file path inside it, e.g. --out {path / 'model.pt'}.")
+    if path.exists() and not path.is_file():
+        raise OrchError(f"--out {raw} exists and is not a regular file (a device or pipe?); it is left alone. "
+                        "Give a new file path.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OrchError(f"--out {raw}: {path.parent} is not a directory. Give a path in a directory.")
+    return path
+
+
+def _load_input(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    import numpy as np
+
+    path = Path(raw)
+    if not path.is_file():
+        raise OrchError(f"--input {raw} does not exist or is not a file. Give a .npy array of (N, 64) digit "
+                        "features (numpy.save).")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise OrchError(f"--input {raw} is not a .npy array ({str(exc)[:120]}). Save the features with numpy.save "
+                        "as a (N, 64) array.") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.control.export import choose_step, consolidated_state_dict, save_state_dict
 
+    _check_out(args.out)
     _, store = _job_store(args.job, args.trial)
     step = choose_step(store, args.step)
     state = consolidated_state_dict(store, step)
@@ -107,11 +152,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from orchestrator.control.export import choose_step, consolidated_state_dict
     from orchestrator.workloads import BUILTIN_WORKLOADS, load
 
+    features = _load_input(args.input)
     spec, store = _job_store(args.job, args.trial)
     workload = BUILTIN_WORKLOADS.get(spec.get("workload", ""))
     if workload is None or workload.predict is None:
@@ -122,8 +166,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         state = _load_exported(Path(args.model))
     else:
         state = consolidated_state_dict(store, choose_step(store, args.step))
-    features = np.load(args.input) if args.input else None
-    result: dict[str, Any] = {"job": args.job, **load(workload.predict)(spec, state, features)}
+    try:
+        result: dict[str, Any] = {"job": args.job, **load(workload.predict)(spec, state, features)}
+    except (ValueError, RuntimeError, TypeError) as exc:  # an --input (or --model) that does not fit the model
+        raise OrchError(f"The model of {args.job} cannot classify "
+                        f"{'--input ' + args.input if args.input else 'with --model ' + str(args.model)} "
+                        f"({str(exc)[:160]}). --input must be a (N, 64) array of raw digit "
+                        "features; --model a state dict exported from this job.") from None
     if args.json:
         print(json.dumps(result))
     else:
@@ -140,9 +189,14 @@ def _load_exported(path: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    import torch
+    from orchestrator.control import safe_load
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return safe_load.load_file(path, map_location="cpu")
+    except OrchError:
+        raise
+    except Exception as exc:  # not a torch file at all
+        raise OrchError(f"--model {path} is not a state dict saved by orch export ({str(exc)[:120]}).") from None
 
 
 def _yes(flag: bool) -> str:

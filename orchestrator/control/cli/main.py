@@ -36,8 +36,10 @@ def _ensure_scheduler(manager: Any) -> None:
 
 # ---- commands ----------------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator.control.admission import check_budget
     from orchestrator.core.spec import load_spec_file
 
+    check_budget(args.memory_per_worker)
     spec = load_spec_file(args.spec, args.set or [])
     manager = _manager(args)
     rec = manager.submit(spec, force=args.force, memory_per_worker_gb=args.memory_per_worker)
