@@ -41,3 +41,16 @@ def test_a_dot_dot_job_key_does_not_stop_sync(manager, monkeypatch):  # noqa: F8
     result = sync_index(manager, [storage.as_uri()])
     assert [rec.id for rec in result.added] == ["good-1"]
     assert ".." in result.skipped
+
+
+def test_escape_sequences_and_markup_from_storage_reach_the_terminal_escaped(manager, capsys):  # noqa: F811
+    storage: Path = manager.home / "storage"
+    root = make_job(storage, "shown-1", result={"status": "FAILED", "reason": "\x1b]0;owned\x07\x1b[2J[red]boom[/]"})
+    (root / "metrics.jsonl").write_text('{"step": "[blink]7\\u001b[5m", "loss": 1.0}\n')
+    sync_index(manager, [storage.as_uri()])
+    capsys.readouterr()
+    assert cli.main(["status", "shown-1"]) == 0
+    assert cli.main(["list"]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "[red]boom[/]" in shown and "[blink]7" in shown

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.control.cli.plain import plain, safe_str
 from orchestrator.core.errors import OrchError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -63,8 +64,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = Table("ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED")
     for r in records:
         m = r.metrics
-        table.add_row(r.id, r.kind, _state_text(r.state.value), str(m.get("step", "")),
-                      _fmt(m.get("loss")), str(r.attempts), r.created_at)
+        table.add_row(plain(r.id), r.kind, _state_text(r.state.value), plain(m.get("step", "")),
+                      plain(_fmt(m.get("loss"))), str(r.attempts), plain(r.created_at))
     out.print(table if records else "No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
     return 0
 
@@ -82,7 +83,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for key, value in rec.as_dict().items():
         if key == "metrics":
             value = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(value.items()) if k != "time")
-        table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else str(value))
+        table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else plain(value))
     out.print(table)
     return 0
 
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OrchError as exc:
-        err.print("[red]error:[/]", escape(str(exc)))
+        err.print("[red]error:[/]", escape(safe_str(exc)))
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

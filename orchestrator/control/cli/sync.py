@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.control.cli.plain import plain, safe_str
+
 out = Console(highlight=False, soft_wrap=True)
 
 
@@ -33,11 +35,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         table = Table("ID", "STATE", "STEP", "LOSS", "MESSAGE")
         for rec in result.added:
             loss = rec.metrics.get("loss")
-            table.add_row(rec.id, rec.state.value, str(rec.metrics.get("step", "")),
-                          f"{loss:.4g}" if isinstance(loss, float) else "", escape(rec.message))
+            table.add_row(plain(rec.id), rec.state.value, plain(rec.metrics.get("step", "")),
+                          f"{loss:.4g}" if isinstance(loss, float) else "", plain(rec.message))
         out.print(table)
     for job_id, why in result.skipped.items():
-        out.print(f"[yellow]skipped[/] {job_id}: {escape(why)}")
+        out.print(f"[yellow]skipped[/] {escape(safe_str(job_id))}: {escape(safe_str(why))}")
     out.print(f"Indexed {len(result.added)} job(s) from {len(dict.fromkeys(uris))} storage location(s); "
               f"{len(result.already_indexed)} were already indexed, {len(result.skipped)} skipped.")
     return 0
