@@ -198,3 +198,10 @@ def test_cluster_down_never_kills_a_pid_that_is_not_its_ray_head(home, capsys):
     finally:
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
+
+
+def test_jobs_db_is_readable_by_its_owner_only(home):
+    home.mkdir()
+    (home / "jobs.db").touch(mode=0o644)  # also an index created by an older version
+    JobManager()
+    assert (home / "jobs.db").stat().st_mode & 0o777 == 0o600

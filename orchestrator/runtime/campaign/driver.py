@@ -59,9 +59,8 @@ def tune_storage(store: ObjectStore) -> tuple[str, Any]:
     if endpoint:
         scheme, _, host = endpoint.rpartition("://")
         options.update(endpoint_override=host, scheme=scheme or "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    # No keys here: Tune pickles this object into tuner.pkl and experiment_state in the bucket. Without them,
+    # each process that unpickles it resolves credentials itself (env, profile, instance role), as boto3 does.
     return f"{store.bucket}/{store.prefix}".rstrip("/"), fs.S3FileSystem(**options)
 
 
