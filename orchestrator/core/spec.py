@@ -33,13 +33,21 @@ ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Environment variable names whose values are secrets: forwarded out of band, never stored. Besides the
 # words that are secret anywhere in a name, KEY/PASS/AUTH count as whole words (OPENAI_KEY, DB_PASS, but not MONKEY).
 SECRET_NAME_PATTERN = re.compile(
-    r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|(^|_)(KEY|PASS|AUTH)(_|$))", re.I)
+    r"(SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|ACCESS_KEY|API_?KEY|WEBHOOK|DATABASE_URL"
+    r"|CONN(ECTION)?_?STR|(^|_)(KEY|PASS|PWD|AUTH|DSN)(_|$))", re.I)
+# A value that carries a credential whatever its name: URL userinfo, connection-string keys.
+CREDENTIAL_VALUE_PATTERN = re.compile(
+    r"(://[^/\s@]+@|(AccountKey|SharedAccessSignature|SharedAccessKey|password|pwd)=)", re.I)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
 # Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
 UNECHOED_FIELDS = ("env", "storage")
 # Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
 RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
+
+
+def is_secret(name: str, value: str) -> bool:
+    return bool(SECRET_NAME_PATTERN.search(name) or CREDENTIAL_VALUE_PATTERN.search(value))
 
 
 class _Section(BaseModel):
@@ -238,11 +246,11 @@ class JobSpec(_Section):
     def redacted(self) -> dict[str, Any]:
         """The spec as plain data with secret env values replaced: what we store and show."""
         data = self.model_dump(mode="json")
-        data["env"] = {k: (REDACTED if SECRET_NAME_PATTERN.search(k) else v) for k, v in self.env.items()}
+        data["env"] = {k: (REDACTED if is_secret(k, v) else v) for k, v in self.env.items()}
         return data
 
     def secret_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.env.items() if SECRET_NAME_PATTERN.search(k)}
+        return {k: v for k, v in self.env.items() if is_secret(k, v)}
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))

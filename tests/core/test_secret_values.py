@@ -1,0 +1,35 @@
+"""Secrets the env-name rule used to miss: more names, credential-looking values, campaign overrides."""
+
+from __future__ import annotations
+
+import yaml
+
+from orchestrator.core.spec import parse_spec
+from tests.core.test_campaign_spec import campaign, resolve
+
+MISSED = {
+    "DATABASE_URL": "postgres://app:hunter2pw@db:5432/app",
+    "MYSQL_PWD": "mysqlpw-123",
+    "GPG_PASSPHRASE": "passphrase-123",
+    "STRIPE_APIKEY": "sk-apikey-123",
+    "SLACK_WEBHOOK_URL": "https://hooks.example.com/services/T0/B0/webhooksecret",
+    "SENTRY_DSN": "https://dsnpublic@sentry.example.com/1",
+    "AZURE_STORAGE": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=azurekey123==",
+    "REDIS_CONN_STR": "redis://default:redispw@cache:6379",
+}
+
+
+def test_missed_secret_names_and_credential_values_are_secret():
+    spec = parse_spec({"name": "x", "workload": "mlp", "env": {**MISSED, "MODE": "fast"}})
+    assert set(spec.secret_env()) == set(MISSED)
+    shown = yaml.safe_dump(spec.redacted())
+    assert not [v for v in MISSED.values() if v in shown]
+    assert spec.redacted()["env"]["MODE"] == "fast"
+
+
+def test_campaign_overrides_of_env_in_every_form_are_redacted():
+    loaded = resolve(campaign(overrides={"env": {"HF_TOKEN": "hf-secret-1"}, "env.KEY": "key-secret-2",
+                                         "env.AUTH_HEADER": "auth-secret-3", "train.steps": 60}))
+    stored = yaml.safe_dump(loaded.to_record())
+    assert not [s for s in ("hf-secret-1", "key-secret-2", "auth-secret-3") if s in stored]
+    assert loaded.base_job.train.steps == 60
