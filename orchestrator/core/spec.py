@@ -26,28 +26,23 @@ from pydantic import (
 
 from orchestrator.core import safe_yaml
 from orchestrator.core.errors import SpecError
-from orchestrator.core.spec_values import MAX_INT, check_finite, is_int_field
+from orchestrator.core.spec_values import (  # noqa: F401 - SECRET_NAME_PATTERN is part of this module's API
+    MAX_INT,
+    SECRET_NAME_PATTERN,
+    check_finite,
+    is_int_field,
+    is_secret,
+    masked_set,
+)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# Environment variable names whose values are secrets: forwarded out of band, never stored. Besides the
-# words that are secret anywhere in a name, KEY/PASS/AUTH count as whole words (OPENAI_KEY, DB_PASS, but not MONKEY).
-SECRET_NAME_PATTERN = re.compile(
-    r"(SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|ACCESS_KEY|API_?KEY|WEBHOOK|DATABASE_URL"
-    r"|CONN(ECTION)?_?STR|(^|_)(KEY|PASS|PWD|AUTH|DSN)(_|$))", re.I)
-# A value that carries a credential whatever its name: URL userinfo, connection-string keys.
-CREDENTIAL_VALUE_PATTERN = re.compile(
-    r"(://[^/\s@]+@|(AccountKey|SharedAccessSignature|SharedAccessKey|password|pwd)=)", re.I)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
 # Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
 UNECHOED_FIELDS = ("env", "storage")
 # Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
 RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
-
-
-def is_secret(name: str, value: str) -> bool:
-    return bool(SECRET_NAME_PATTERN.search(name) or CREDENTIAL_VALUE_PATTERN.search(value))
 
 
 class _Section(BaseModel):
@@ -216,6 +211,10 @@ class JobSpec(_Section):
     def _cross_checks(self) -> JobSpec:
         from orchestrator.workloads import BUILTIN_WORKLOADS
 
+        for key, value in self.data.items():
+            if isinstance(value, str) and re.match(r"^[a-z0-9+]+://[^/]*@", value):
+                raise ValueError(f"data.{key} must not carry credentials; use the standard AWS settings (env, "
+                                 "profile) instead")
         workload = BUILTIN_WORKLOADS.get(self.workload)
         if workload is not None:
             # Normalise the workload sections so stored specs show every default that was used.
@@ -273,7 +272,7 @@ def _validate_section(section: str, workload: Any, config_cls: type[BaseModel], 
             msg = "is required; add it to the spec"
         else:
             msg = first["msg"].removeprefix("Value error, ")
-            if not isinstance(first.get("input"), (dict, list)):
+            if not isinstance(first.get("input"), (dict, list)) and not is_secret("", str(first.get("input"))):
                 msg += f" (got {first.get('input')!r})"
         raise ValueError(f"field '{loc}': {msg}") from None
 
@@ -347,7 +346,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise SpecError(f"--set '{_one_line(item)}' must look like key.path=value (for example "
+            raise SpecError(f"--set '{_one_line(masked_set(item))}' must look like key.path=value (for example "
                             "scaling.num_workers=2).")
         try:
             value = safe_yaml.load(raw, "--set value") if raw.strip() else ""
@@ -358,7 +357,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise SpecError(f"--set '{_one_line(item)}': '{_one_line(part)}' is not a section, so "
+                raise SpecError(f"--set '{_one_line(masked_set(item))}': '{_one_line(part)}' is not a section, so "
                                 f"'{_one_line(key)}' cannot be set.")
             node = child
         node[parts[-1]] = value
@@ -384,7 +383,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "is not a known field; remove it or check its spelling (see jobs/examples/ for valid specs)"
         elif err["type"] == "missing":
             msg = "is required; add it to the spec"
-        elif "input" in err and loc.split(".")[0] not in UNECHOED_FIELDS and not isinstance(err["input"], (dict, list)):
+        elif ("input" in err and loc.split(".")[0] not in UNECHOED_FIELDS and not isinstance(err["input"], (dict, list))
+              and not is_secret("", str(err["input"]))):
             msg = f"{msg} (got {err['input']!r})"
         # A cross-field error already names its fields; a field error gets the field name first.
         lines.append(f"field '{loc}': {msg}" if loc else msg)

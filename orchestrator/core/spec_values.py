@@ -1,12 +1,21 @@
-"""Value checks the spec's sections share: plain counts, finite numbers in free-form sections."""
+"""Value checks the spec shares: plain counts, finite numbers in free-form sections, what counts as a secret."""
 
 from __future__ import annotations
 
 import math
+import re
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 MAX_INT = 2**53  # larger counts are never meant, and JSON readers lose precision past it
+# Environment variable names whose values are secrets: forwarded out of band, never stored. Besides the
+# words that are secret anywhere in a name, KEY/PASS/AUTH/PWD/DSN count as whole words (OPENAI_KEY, not MONKEY).
+SECRET_NAME_PATTERN = re.compile(
+    r"(SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|ACCESS_KEY|API_?KEY|WEBHOOK|DATABASE_URL"
+    r"|CONN(ECTION)?_?STR|(^|_)(KEY|PASS|PWD|AUTH|DSN)(_|$))", re.I)
+# A value that carries a credential whatever its name: URL userinfo, connection-string keys.
+CREDENTIAL_VALUE_PATTERN = re.compile(
+    r"(://[^/\s@]+@|(AccountKey|SharedAccessSignature|SharedAccessKey|password|pwd)=)", re.I)
 
 
 def is_int_field(annotation: Any) -> bool:
@@ -26,3 +35,13 @@ def check_finite(value: Any, where: str) -> None:
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
         raise ValueError(f"{where} is a {len(str(abs(value)))}-digit number; it must be less than or equal to "
                          f"{MAX_INT}")
+
+
+def is_secret(name: str, value: str) -> bool:
+    return bool(SECRET_NAME_PATTERN.search(name) or CREDENTIAL_VALUE_PATTERN.search(value))
+
+
+def masked_set(item: str) -> str:
+    """A `--set` item as it may be echoed: a credential-looking value is never shown."""
+    key, sep, value = item.partition("=")
+    return f"{key}{sep}***" if CREDENTIAL_VALUE_PATTERN.search(value) or CREDENTIAL_VALUE_PATTERN.search(item) else item

@@ -6,6 +6,7 @@ import yaml
 
 from orchestrator.core.spec import parse_spec
 from tests.core.test_campaign_spec import campaign, resolve
+from tests.paths import REPO_ROOT
 
 MISSED = {
     "DATABASE_URL": "postgres://app:hunter2pw@db:5432/app",
@@ -33,3 +34,18 @@ def test_campaign_overrides_of_env_in_every_form_are_redacted():
     stored = yaml.safe_dump(loaded.to_record())
     assert not [s for s in ("hf-secret-1", "key-secret-2", "auth-secret-3") if s in stored]
     assert loaded.base_job.train.steps == 60
+
+
+def test_credentials_in_set_values_and_data_paths_are_refused_and_never_echoed(tmp_path, monkeypatch, capsys):
+    from orchestrator.control import cli
+
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ORCH_RAY_ADDRESS", raising=False)
+    gpt = str(REPO_ROOT / "jobs" / "examples" / "gpt-zero3.yaml")
+    for override in ("data.path=s3://AKIAX:pw-sekrit@bucket/tokens.bin", "train.steps=http://u:pw-sekrit@h/",
+                     "model.n_layer=AccountKey=pw-sekrit", "deepspeed.zero_stage=mysql://u:pw-sekrit@h"):
+        assert cli.main(["submit", gpt, "--set", override]) == 2, override
+        err = capsys.readouterr().err
+        assert "error:" in err and "sekrit" not in err, err
+    assert not (tmp_path / "home" / "jobs.db").exists() or "sekrit" not in (tmp_path / "home" / "jobs.db").read_text(
+        errors="replace")
