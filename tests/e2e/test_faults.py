@@ -32,8 +32,7 @@ def test_killed_worker_restarts_from_newest_checkpoint(orch):
     os.kill(_rank_pid(root, 1), signal.SIGKILL)
     before_kill = committed_steps(root)[-1]
 
-    final = orch.run("status", job_id, "--json")  # reconcile once; then wait for the end
-    assert final.returncode == 0
+    orch.run("status", job_id, "--json")  # reconcile once; then wait for the end
     wait_for(lambda: orch.status(job_id)["state"] in ("SUCCEEDED", "FAILED"), timeout=400, what="job end")
     status = orch.status(job_id)
     assert status["state"] == "SUCCEEDED", status["message"]
