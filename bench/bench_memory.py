@@ -55,7 +55,7 @@ def main() -> int:
     if args.address:
         env["ORCH_RAY_ADDRESS"] = args.address
     else:
-        orch(env, "cluster", "up")
+        orch(env, "cluster", "up", "--idle-stop", "0")
     try:
         rows = []
         for stage in (int(s) for s in args.stages.split(",")):
@@ -70,7 +70,7 @@ def main() -> int:
                 print(f"ran ZeRO-{stage} on {n} worker(s): {job_id}", file=sys.stderr)
     finally:
         if not args.address:
-            orch(env, "cluster", "down")
+            orch(env, "cluster", "down", "--cancel")
     print(report(rows))
     return 0
 

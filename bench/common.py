@@ -31,15 +31,17 @@ class Bench:
                     "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "PYTHONUNBUFFERED": "1"}
 
     def __enter__(self) -> Bench:
-        self.orch("cluster", "up")
+        # Warm for the whole run (no idle stop), offering the GPUs torch sees, as the workers will.
+        self.orch("cluster", "up", "--idle-stop", "0", "--num-gpus", str(gpu_count()))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.orch("cluster", "down", check=False)
+        self.orch("cluster", "down", "--cancel", check=False)
 
-    def orch(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def orch(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+             timeout: float | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, text=True,
-                              capture_output=True, env={**self.env, **(env or {})})
+                              capture_output=True, env={**self.env, **(env or {})}, timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"orch {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -67,6 +69,12 @@ def steady_rate(rows: list[dict[str, Any]], key: str) -> float:
     """Median of the report windows after the first (which includes warm-up)."""
     values = [r[key] for r in rows if key in r and not r.get("final") and r.get("step", 0) > 1]
     return statistics.median(values[1:] if len(values) > 2 else values)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def machine() -> str:

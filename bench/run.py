@@ -20,7 +20,7 @@ IN_PROCESS = {
     "latency": ("Submit-to-first-step latency", bench_latency.run),
     "checkpoint": ("Checkpoint stall and upload throughput", bench_checkpoint.run),
     "manager": ("Manager scaling", bench_manager.run),
-    "gpu": ("GPU: tokens/s and MFU for the GPT job on one GPU", bench_gpu.run),
+    "gpu": ("GPU: tokens/s and MFU of the 124M and 1.0B GPT jobs on one GPU", bench_gpu.run),
 }
 # Scripts that print their own markdown table.
 SCRIPTS = {

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.s3server"]
+pytest_plugins = ["tests.s3server", "tests.disk_s3"]

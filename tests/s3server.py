@@ -80,6 +80,16 @@ class S3Server:
             _set_auth(self.endpoint_url, enforced=False)
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server this test started; kill it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A port nothing listens on right now (also what tests use as an 'unreachable endpoint')."""
     with socket.socket() as sock:
@@ -146,12 +156,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             },
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

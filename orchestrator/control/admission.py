@@ -1,7 +1,9 @@
-"""Admission: will one worker of a job fit the memory a worker gets on this cluster? Checked at submit.
+"""Admission, checked at submit: could the worker group ever start on this cluster, and does one worker fit
+the memory it gets?
 
-The estimate itself is pure (core/estimate.py); this module compares it with a budget from the flag,
-ORCH_WORKER_MEMORY_GB or the live cluster's nodes, and refuses with the numbers and what would fit.
+The estimate itself is pure (core/estimate.py); this module compares it with the live cluster (its CPUs and
+GPUs, its nodes' memory) or a budget from the flag or ORCH_WORKER_MEMORY_GB, and refuses with the numbers and
+what would fit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,23 @@ def check_budget(gb: float | None, source: str = "--memory-per-worker") -> None:
     """A budget is a positive, finite number of GiB (float() also takes 'nan' and 'inf')."""
     if gb is not None and not (math.isfinite(gb) and 0 < gb < 2**40):
         raise OrchError(f"{source} must be a positive number of GiB (e.g. 8), got {gb:g}.")
+
+
+def worker_group_needs(spec: JobSpec) -> tuple[float, float]:
+    """(CPUs, GPUs) the whole worker group of `spec` reserves."""
+    scaling = spec.scaling
+    return scaling.num_workers * scaling.cpus_per_worker, scaling.num_workers * scaling.worker_gpus
+
+
+def check_fits_totals(spec: JobSpec, totals: dict[str, float], who: str, outcome: str, fields: str) -> None:
+    """Refuse a worker group bigger than the whole cluster: it would wait in the queue forever."""
+    need_cpu, need_gpu = worker_group_needs(spec)
+    if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:
+        raise OrchError(
+            f"{who} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({spec.scaling.num_workers} workers), but the "
+            f"whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so {outcome}. Lower {fields}, "
+            "or use a bigger cluster (--address)."
+        )
 
 
 def worker_memory_budget(nodes: list[dict], cpus_per_worker: float, override_gb: float | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.control.admission import check_fits_cluster, check_fits_totals, worker_group_needs
 from orchestrator.control.index import JobRecord, new_job_id
 from orchestrator.core.campaign_spec import Campaign
 from orchestrator.core.campaign_summary import PLOT_FILE, read_summary
@@ -32,17 +33,9 @@ def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
     """Check storage and the cluster, store the campaign, record it and start its driver."""
     spec, job = campaign.spec, campaign.base_job
     base, url, totals = manager.open_target(job)
-    trial_cpus = job.scaling.num_workers * job.scaling.cpus_per_worker
-    trial_gpus = job.scaling.num_workers * job.scaling.worker_gpus
-    if trial_cpus > totals["CPU"] or trial_gpus > totals["GPU"]:
-        raise OrchError(
-            f"Each trial of campaign '{spec.name}' needs {trial_cpus:g} CPUs and {trial_gpus:g} GPUs "
-            f"({job.scaling.num_workers} workers), but the whole cluster has {totals['CPU']:g} CPUs and "
-            f"{totals['GPU']:g} GPUs, so no trial could ever start. Lower trial_resources.num_workers / "
-            "cpus_per_worker, or use a bigger cluster (--address)."
-        )
-    from orchestrator.control.admission import check_fits_cluster
-
+    check_fits_totals(job, totals, f"Each trial of campaign '{spec.name}'", "no trial could ever start",
+                      "trial_resources.num_workers / cpus_per_worker")
+    trial_cpus, trial_gpus = worker_group_needs(job)
     for trial_job in (job, *campaign.probe_jobs()):  # the biggest model in the space must fit a worker too
         check_fits_cluster(trial_job, url)
     manager.check_cluster_reaches(url, base, campaign.secrets)

@@ -13,15 +13,17 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.core.errors import NotFoundError, OrchError
 from orchestrator.core.run import utc_now
 from orchestrator.core.states import JobState, check_transition
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -114,13 +116,17 @@ class JobIndex:
             raise OrchError(f"Cannot use {self.path.parent} as ORCH_HOME ({exc.strerror}): it must be a directory "
                             "this user can write. Point ORCH_HOME at one (default ~/.orch).") from None
         try:
-            with self._connect() as conn:
-                conn.executescript(SCHEMA)
+            self._retrying(self._create)
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise
             raise OrchError(f"The job database {self.path} cannot be read ({exc}); it is damaged or not a job "
                             "database. Move it aside and rebuild the index from storage with: orch sync") from None
+
+    @staticmethod
+    def _create(conn: sqlite3.Connection) -> None:
+        # WAL is stored in the file, so only the first opener switches; the check keeps later ones lock-free.
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -130,23 +136,34 @@ class JobIndex:
             raise OrchError(f"Cannot open the job database {self.path}: {exc}. Check ORCH_HOME is writable.") from None
         conn.row_factory = sqlite3.Row
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
             yield conn
         finally:
             conn.close()
 
-    def _write(self, sql: str, params: Iterable[Any]) -> int:
-        """Run one write, retrying briefly if another process holds the lock past the busy timeout."""
-        for attempt in range(5):
+    def _retrying(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on a fresh connection, retrying with backoff while the file is locked.
+
+        The busy timeout covers ordinary writes, but SQLite answers "database is locked" without waiting in a few
+        cases (switching the journal mode, opening while the last WAL user checkpoints): twenty `orch submit`s on a
+        fresh ORCH_HOME hit them."""
+        for attempt in range(10):
             try:
                 with self._connect() as conn:
-                    return conn.execute(sql, tuple(params)).rowcount
+                    return work(conn)
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 4:
+                if "locked" not in str(exc) and "busy" not in str(exc):
                     raise
-                time.sleep(0.05 * 2**attempt)
+                if attempt == 9:
+                    raise OrchError(f"The job database {self.path} stayed locked: {exc}. "
+                                    "Another orch process holds it; try again.") from None
+                time.sleep(0.02 * 2**min(attempt, 6))
         raise AssertionError("unreachable")
+
+    def _write(self, sql: str, params: Iterable[Any]) -> int:
+        return self._retrying(lambda conn: conn.execute(sql, tuple(params)).rowcount)
+
+    def _read(self, sql: str, params: Iterable[Any]) -> list[sqlite3.Row]:
+        return self._retrying(lambda conn: conn.execute(sql, tuple(params)).fetchall())
 
     def insert(self, rec: JobRecord) -> None:
         placeholders = ",".join("?" for _ in _COLUMNS)
@@ -163,11 +180,10 @@ class JobIndex:
                     f"ON CONFLICT(id) DO UPDATE SET {updates}", _record_to_row(rec))
 
     def get(self, job_id: str) -> JobRecord:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
             raise NotFoundError(f"No job or campaign with id '{job_id}'. Run `orch list` to see the ids.")
-        return _row_to_record(row)
+        return _row_to_record(rows[0])
 
     def list(self, states: Iterable[JobState] | None = None, kind: str | None = None) -> list[JobRecord]:
         sql, params = "SELECT * FROM jobs WHERE 1=1", []
@@ -178,8 +194,7 @@ class JobIndex:
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
-        with self._connect() as conn:
-            return [_row_to_record(r) for r in conn.execute(sql + " ORDER BY seq", params)]
+        return [_row_to_record(r) for r in self._read(sql + " ORDER BY seq", params)]
 
     def transition(self, job_id: str, current: JobState, target: JobState, **fields: Any) -> bool:
         """Move `job_id` from `current` to `target` if it is still in `current`. Returns whether it moved."""

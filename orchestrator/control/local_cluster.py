@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
@@ -42,10 +42,17 @@ class LocalClusterInfo:
     started_at: float = 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports: all held open while picking, since a port just released can be handed out again
+    (two Ray components given one port refuse to start)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,30 +131,34 @@ class LocalCluster:
                     self.touch_activity()  # a new idle time counts from now
                 return running
             idle = default_idle_stop_s() if idle_stop_s is None else idle_stop_s
-            return self._start(num_cpus or os.cpu_count() or 1, num_gpus or 0, idle)
+            return self._start(num_cpus or os.cpu_count() or 1, num_gpus, idle)
 
-    def _start(self, num_cpus: int, num_gpus: int, idle_stop_s: float) -> LocalClusterInfo:
-        gcs_port, dashboard_port = _free_port(), _free_port()
+    def _start(self, num_cpus: int, num_gpus: int | None, idle_stop_s: float) -> LocalClusterInfo:
+        gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
         log_file = self.dir / "ray-head.log"
         cmd = [
             sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-            "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus), "--disable-usage-stats",
+            "--ray-client-server-port", str(client_port), "--dashboard-agent-listen-port", str(agent_port),
+            "--num-cpus", str(num_cpus), "--disable-usage-stats",
         ]
+        if num_gpus is not None:  # otherwise Ray counts this machine's GPUs, so GPU jobs can run here
+            cmd += ["--num-gpus", str(num_gpus)]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env)
         info = LocalClusterInfo(
             dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{gcs_port}",
-            pid=proc.pid, num_cpus=num_cpus, num_gpus=num_gpus, log_file=str(log_file),
+            pid=proc.pid, num_cpus=num_cpus, num_gpus=num_gpus or 0, log_file=str(log_file),
             idle_stop_s=idle_stop_s, started_at=time.time(),
         )
         with open(self.history_file, "a") as history:
             history.write(info.dashboard_url + "\n")
-        self._wait_ready(info, proc)
+        nodes = self._wait_ready(info, proc)
+        if num_gpus is None:
+            info = replace(info, num_gpus=int(sum(n.get("resources_total", {}).get("GPU", 0) for n in nodes)))
         self.state_file.write_text(json.dumps(asdict(info), indent=2))
         return info
 
@@ -158,16 +169,17 @@ class LocalCluster:
         except OSError:
             return False
 
-    def _wait_ready(self, info: LocalClusterInfo, proc: subprocess.Popen) -> None:
-        """Ready means the dashboard answers and the head node has registered its resources."""
+    def _wait_ready(self, info: LocalClusterInfo, proc: subprocess.Popen) -> list[dict]:
+        """Ready means the dashboard answers and the head node has registered its resources (returned)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ClusterUnavailable(f"The local Ray cluster exited while starting (code {proc.returncode}). "
                                          f"See {info.log_file}.")
             try:
-                if fetch_nodes(info.dashboard_url, timeout=2.0):
-                    return
+                nodes = fetch_nodes(info.dashboard_url, timeout=2.0)
+                if nodes:
+                    return nodes
             except ClusterUnavailable:
                 pass
             time.sleep(0.5)

@@ -90,8 +90,9 @@ class LogFilter:
     rank: int | None = None
     since: Since | None = None
     ranks: dict[int, int] = field(default_factory=dict)  # pid -> world rank
-    hidden_warnings: int = 0
+    hidden_warnings: int = 0  # repeats left out: warnings shown once per job, Ray actors' repeated lines
     _warnings_seen: set[str] = field(default_factory=set)
+    _actor_lines_seen: set[str] = field(default_factory=set)
     _skip_context_of: int | None = -1  # pid whose next indented line is a hidden warning's source line
     _started: bool = False
 
@@ -113,6 +114,14 @@ class LogFilter:
         rank = self.ranks.get(line.pid) if line.pid is not None else None
         if self.rank is not None and rank != self.rank:
             return None
+        if line.pid is not None and rank is None:
+            # Ray's own actors (controller, placement-group cleaner...) can repeat one line hundreds of times,
+            # e.g. while other Ray instances run on the machine; a worker's lines are the job's, all kept.
+            key = f"{line.pid} {RAY_REPEATED.sub('', line.text)}"
+            if key in self._actor_lines_seen:
+                self.hidden_warnings += 1
+                return None
+            self._actor_lines_seen.add(key)
         return f"[rank {rank}] {line.raw}" if rank is not None else line.raw
 
     def _is_repeated_warning(self, line: LogLine) -> bool:
@@ -203,12 +212,14 @@ def error_report(raw_lines: list[str], reason: str, ranks: dict[int, int]) -> li
     """The failure reason, then the traceback that raised it (a worker's if it has one), then other tracebacks
     and error lines, each once."""
     found = tracebacks(raw_lines)
-    reason_type = reason.split(":", 1)[0].strip() if reason else ""
+    # The reason is the innermost error as the driver saw it, possibly wrapped ("WorkerGroupError: RuntimeError:
+    # boom"); the traceback that raised it ends in that error's own line, and a worker's is the one to show first.
+    tail = reason.split(": ", 1)[-1].strip() if reason else ""
 
-    def score(tb: Traceback) -> tuple[int, int, int]:
-        exc = tb.exception
-        return (int(bool(reason_type) and exc.split(":", 1)[0].strip().endswith(reason_type)),
-                int(tb.pid in ranks), int(bool(reason) and reason.split(":", 1)[-1].strip() in exc))
+    def score(tb: Traceback) -> tuple[int, int]:
+        exc = tb.exception.strip()
+        matches = bool(reason and exc) and (exc in reason or (bool(tail) and tail in exc))
+        return int(matches), int(tb.pid in ranks)
 
     ordered = sorted(found, key=score, reverse=True)
     out: list[str] = []

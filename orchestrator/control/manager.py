@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.control.admission import check_fits_cluster, check_fits_totals, worker_group_needs
 from orchestrator.control.cluster_address import (
     ClusterUnavailable,
     cluster_totals,
@@ -131,18 +132,10 @@ class JobManager:
         `force` skips the memory admission check; `memory_per_worker_gb` replaces the budget it derives.
         """
         base, url, totals = self.open_target(spec)
-        need_cpu = spec.scaling.num_workers * spec.scaling.cpus_per_worker
-        need_gpu = spec.scaling.num_workers * spec.scaling.worker_gpus
-        if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:
-            raise OrchError(
-                f"Job '{spec.name}' needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
-                f"({spec.scaling.num_workers} workers), "
-                f"but the whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so it could never "
-                "start. Lower scaling.num_workers / scaling.cpus_per_worker, or use a bigger cluster (--address)."
-            )
+        check_fits_totals(spec, totals, f"Job '{spec.name}'", "it could never start",
+                          "scaling.num_workers / scaling.cpus_per_worker")
+        need_cpu, need_gpu = worker_group_needs(spec)
         if not force:
-            from orchestrator.control.admission import check_fits_cluster
-
             check_fits_cluster(spec, url, memory_per_worker_gb)  # a worker that cannot fit its memory never starts
         self.check_cluster_reaches(url, base, spec.secret_env())
         job_id = new_job_id(spec.name)

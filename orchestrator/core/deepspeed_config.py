@@ -8,6 +8,7 @@ from orchestrator.core.errors import SpecError
 
 if TYPE_CHECKING:  # spec.py calls this module to validate the merged config, so no runtime import back
     from orchestrator.core.spec import JobSpec
+from orchestrator.core.zero_sizing import model_sized_zero
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def build_deepspeed_config(spec: JobSpec, world_size: int | None = None) -> dict[str, Any]:
     ds = spec.deepspeed
     world_size = world_size or spec.scaling.num_workers
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    zero: dict[str, Any] = {"stage": ds.zero_stage, **model_sized_zero(spec, world_size)}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": spec.scaling.use_gpu}
     if ds.offload_param:

@@ -12,21 +12,26 @@ estimate vs measured; tests check 20%):
     stage  params   grads               fp32 master          Adam moments
     0      b        b (+4 if b < 4)     4 if b < 4, else 0    8
     1, 2   b        4/N                 4/N                   8/N
-    3      b/N      (b + 4)/N           4/N                   8/N
+    3      b/N      b/N + 4 x S         4/N                   8/N
 
 - ZeRO-1/2 keep a separate fp32 partition of the master weights even in fp32 training, and reduce the
   gradients straight into an fp32 partition, so stages 1 and 2 hold the same bytes at the update.
-- ZeRO-3 keeps the gradient partition in the parameters' dtype and the fp32 master's own gradient.
-- The classic "16 bytes/param, /N under ZeRO-3" (2 + 2 + 12, mixed precision) is therefore 20/N for
-  bf16 and 24/N for fp32 here; DeepSpeed's own estimators assume fp16 mixed precision (18/N for ZeRO-3,
-  2 + 18/N for ZeRO-2) and are shown next to ours by `orch estimate`.
+- ZeRO-3 keeps the gradient partition in the parameters' dtype, and gives the fp32 master a gradient one
+  optimizer sub group at a time: S = min(sub_group_size, P/N) elements (orchestrator/core/zero_sizing.py sizes
+  it; DeepSpeed's default 1e9 makes it the whole partition, (b + 4)/N). AdamW's temporaries for that sub
+  group (~8 bytes per element: sqrt and division results) are counted under buffers.
+- The classic "16 bytes/param, /N under ZeRO-3" (2 + 2 + 12, mixed precision) is therefore what ZeRO-3
+  holds here with model-sized sub groups; DeepSpeed's own estimators assume fp16 mixed precision (18/N for
+  ZeRO-3, 2 + 18/N for ZeRO-2) and are shown next to ours by `orch estimate`.
 - offload_optimizer moves master, moments and gradient partitions to host memory, and adds a b/N param
   staging copy plus two gradient staging buffers of the largest tensor (4 bytes each). offload_param
   moves the ZeRO-3 parameter shards to host memory too.
 
-Buffers: DeepSpeed's gradient reduce bucket is `reduce_bucket_size` elements (default 5e8). ZeRO-3 allocates
-it (in the parameters' dtype) for the whole run; ZeRO-1/2 allocate it for each backward pass. A GPU pays
-for the whole allocation; on CPU only the pages gradients are written to become resident: min(bucket, P).
+Buffers: DeepSpeed's gradient reduce bucket is `reduce_bucket_size` elements (sized from the model by
+orchestrator/core/zero_sizing.py; DeepSpeed's default is 5e8). ZeRO-3 allocates it (in the parameters' dtype) for
+the whole run; ZeRO-1/2 allocate it for each backward pass. A GPU pays for the whole allocation; on CPU only
+the pages gradients are written to become resident: min(bucket, P). ZeRO-3 also holds the parameters it
+gathers for forward and backward, at most `stage3_max_live_parameters` elements in the parameters' dtype.
 Activations are estimated per micro batch (see `activation_bytes`); the runtime line is the resident
 memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists.
 """
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.core.errors import OrchError
 from orchestrator.core.noise import library_output
 from orchestrator.core.spec import JobSpec
+from orchestrator.core.zero_sizing import model_sized_zero
 from orchestrator.workloads.facts import ModelFacts
 
 if TYPE_CHECKING:
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 GiB = 2**30
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 DEFAULT_REDUCE_BUCKET = 500_000_000  # DeepSpeed's zero_optimization.reduce_bucket_size default
+DEFAULT_SUB_GROUP = 1_000_000_000  # ... sub_group_size default
+DEFAULT_MAX_LIVE = 1_000_000_000  # ... stage3_max_live_parameters default
 RUNTIME_BYTES = 600 * 2**20  # resident size of an idle Ray Train worker with torch + DeepSpeed imported
 MODEL_STATE_COMPONENTS = ("params", "grads", "master", "optimizer_states")
 
@@ -143,7 +151,24 @@ def model_state_rule(stage: int, precision: str, num_workers: int) -> dict[str, 
         return {"params": b, "grads": b + (4 if mixed else 0), "master": 4 if mixed else 0, "optimizer_states": 8}
     if stage in (1, 2):
         return {"params": b, "grads": 4 / n, "master": 4 / n, "optimizer_states": 8 / n}
-    return {"params": b / n, "grads": (b + 4) / n, "master": 4 / n, "optimizer_states": 8 / n}
+    # The fp32 gradient of one optimizer sub group comes on top (see sub_group_grads).
+    return {"params": b / n, "grads": b / n, "master": 4 / n, "optimizer_states": 8 / n}
+
+
+def zero_config(spec: JobSpec, num_workers: int) -> dict[str, Any]:
+    """The zero_optimization section the job runs with: model-sized defaults, the user's entries over them."""
+    return {**model_sized_zero(spec, num_workers), **spec.deepspeed.config.get("zero_optimization", {})}
+
+
+def sub_group_elements(spec: JobSpec, params: int, num_workers: int) -> int:
+    """Elements of the largest slice ZeRO-3 updates the local partition in.
+
+    DeepSpeed closes a sub group at the first parameter that takes it to sub_group_size or past it, so a sub
+    group can overshoot by up to one parameter's partition.
+    """
+    size = int(float(zero_config(spec, num_workers).get("sub_group_size", DEFAULT_SUB_GROUP)))
+    largest = model_facts(spec).largest_tensor
+    return min(size + -(-largest // num_workers), -(-params // num_workers))
 
 
 def estimate(spec: JobSpec, num_workers: int | None = None) -> Estimate:
@@ -161,6 +186,10 @@ def estimate(spec: JobSpec, num_workers: int | None = None) -> Estimate:
              "grads": f"{rule['grads']:.3g} B/param", "master": f"{rule['master']:.3g} B/param",
              "optimizer_states": f"AdamW exp_avg + exp_avg_sq, {rule['optimizer_states']:.3g} B/param"}
     components = [Component(name, int(params * rule[name]), where[name], notes[name]) for name in rule]
+    if ds.zero_stage == 3:
+        sub = sub_group_elements(spec, params, n)
+        components.append(Component("grads", 4 * sub, where["grads"],
+                                    f"fp32 gradient of one optimizer sub group ({sub:,} elements)"))
     act, how = activation_bytes(spec)
     components.append(Component("activations", act, "device", how))
     components += _buffers(spec, params, largest, n)
@@ -174,7 +203,7 @@ def estimate(spec: JobSpec, num_workers: int | None = None) -> Estimate:
 def _buffers(spec: JobSpec, params: int, largest: int, n: int) -> list[Component]:
     ds = spec.deepspeed
     b = BYTES[ds.precision]
-    zero_cfg = ds.config.get("zero_optimization", {})
+    zero_cfg = zero_config(spec, n)
     bucket = int(zero_cfg.get("reduce_bucket_size", DEFAULT_REDUCE_BUCKET))
     out = []
     if ds.zero_stage >= 1:
@@ -185,6 +214,13 @@ def _buffers(spec: JobSpec, params: int, largest: int, n: int) -> list[Component
         out.append(Component("buffers", elems * dtype_bytes, "device",
                              f"reduce bucket ({when}); allocated {bucket * dtype_bytes / GiB:.2f} GiB, "
                              "zero_optimization.reduce_bucket_size sets it"))
+    if ds.zero_stage == 3:
+        live = min(int(zero_cfg.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE)), params)
+        out.append(Component("buffers", live * b, "device",
+                             "parameters gathered for forward/backward (stage3_max_live_parameters)"))
+        if not ds.offload_optimizer:
+            sub = sub_group_elements(spec, params, n)
+            out.append(Component("buffers", 8 * sub, "device", "AdamW temporaries of one optimizer sub group"))
     if ds.offload_optimizer and ds.zero_stage in (1, 2):
         out.append(Component("buffers", int(params * b / n) + 2 * 4 * largest, "host",
                              "offload staging: param copy + 2 gradient buffers"))

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import socket
 import tempfile
@@ -31,12 +32,14 @@ from orchestrator.core.noise import silence_known_worker_warnings
 from orchestrator.core.run import rank_key, utc_now, write_attempt
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.core.spec import JobSpec
+from orchestrator.runtime.build_locks import clear_stale_build_locks
 from orchestrator.runtime.checkpoint_writer import (
     CheckpointWriter,
     discard_after,
     download_for_load,
     restore_candidates,
 )
+from orchestrator.runtime.host_memory import pin_mmap_threshold
 from orchestrator.runtime.step_metrics import health_metrics
 from orchestrator.storage import open_store
 
@@ -53,6 +56,7 @@ def run_worker(config: dict[str, Any]) -> None:
     """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
     load_secrets_file()
     silence_known_worker_warnings()
+    clear_stale_build_locks()
     import ray.train
 
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context())
@@ -88,6 +92,10 @@ def build_optimizer(model: torch.nn.Module, spec: JobSpec, device: torch.device)
 class WorkerContext:
     def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any):
         self.spec, self.job_id = spec, job_id
+        if spec.deepspeed.zero_stage == 3 and not spec.scaling.use_gpu:
+            # Before the model exists, so its tensors never fragment the heap. Only where memory binds (ZeRO-3
+            # on CPU): an mmap per large tensor costs a small ZeRO-1 GPT ~25% of its tokens/s.
+            pin_mmap_threshold()
         self.rank = train_context.get_world_rank()
         self.world_size = train_context.get_world_size()
         self.local_rank = train_context.get_local_rank()
@@ -97,6 +105,9 @@ class WorkerContext:
             self.device = ray.train.torch.get_device()
         else:
             self.device = torch.device("cpu")
+            # DeepSpeed's CPU accelerator counts its devices by running `numactl --hardware` unless LOCAL_SIZE
+            # says it (DeepSpeed's own launcher sets it); ZeRO-3 asks on every gradient bucket it reduces.
+            os.environ.setdefault("LOCAL_SIZE", str(train_context.get_local_world_size()))
         self.dtype = DTYPES[spec.deepspeed.precision]
         self.store = open_store(store_uri)
         self.local_root = Path(tempfile.gettempdir()) / "orch-checkpoints" / job_id
@@ -147,20 +158,13 @@ class WorkerContext:
 
     def _measure_model_states_at_first_update(self) -> None:
         """Add what this rank holds at the end of the first optimizer update to its rank file (see memstats)."""
-        from orchestrator.runtime.memstats import model_state_bytes
+        from orchestrator.runtime.memstats import measure_at_first_update
 
-        client = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
-        done: list[bool] = []
-
-        def measure(*_: Any) -> None:
-            if done:
-                return  # torch cannot drop a hook while running it
-            done.append(True)
+        def report(memory: dict[str, int]) -> None:
             key = rank_key(self.rank)
-            self.store.put_bytes(key, _json({**json.loads(self.store.get_bytes(key)),
-                                             "memory": model_state_bytes(self.engine)}))
+            self.store.put_bytes(key, _json({**json.loads(self.store.get_bytes(key)), "memory": memory}))
 
-        client.register_step_post_hook(measure)
+        measure_at_first_update(self.engine, report)
 
     def lr_multiplier(self, step: int) -> float:
         """Linear warmup, then constant / cosine / linear decay to min_lr_ratio at the last step."""
@@ -273,11 +277,20 @@ class WorkerContext:
     def finish(self, final_metrics: dict[str, float]) -> dict[str, float]:
         """Final checkpoint (if the policy asks), wait for uploads to commit, write the last metrics."""
         step = self.spec.train.steps
+        self._record_training_peak_rss()
         if self.spec.checkpoint.at_end and self.writer.last_saved_step != step and self.engine is not None:
             self.save(self.engine, step, {**self.metrics.latest(), **final_metrics})
         self.writer.close()
         self.metrics.add({"step": step, "final": True, **final_metrics}, flush=True)
         return final_metrics
+
+    def _record_training_peak_rss(self) -> None:
+        """This rank's peak RSS over training (before the final checkpoint), the figure `orch estimate` predicts."""
+        key = f"workers/rank-{self.rank:05d}.json"
+        with contextlib.suppress(Exception):  # a missing rank file (custom engine setup) loses only this figure
+            data = json.loads(self.store.get_bytes(key))
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+            self.store.put_bytes(key, _json({**data, "peak_rss_training": peak}))
 
     def close(self) -> None:
         self.writer.close()

@@ -57,3 +57,22 @@ def test_upsert_keeps_queue_position(tmp_path):
     store.upsert(_record("first", message="rebuilt"))
     assert [r.id for r in store.list()] == ["first", "second"]
     assert store.get("first").message == "rebuilt"
+
+
+def _open_and_insert(args: tuple[str, str]) -> str:
+    path, job_id = args
+    JobIndex(path).insert(_record(job_id))
+    for _ in range(30):  # keep reopening while the others create, switch and write
+        JobIndex(path).list()
+    return job_id
+
+
+def test_many_processes_opening_a_fresh_index_at_once_all_succeed(tmp_path):
+    # Twenty `orch submit`s on a fresh ORCH_HOME race to create the file and switch it to WAL.
+    import multiprocessing
+
+    path = str(tmp_path / "jobs.db")
+    ids = [f"j{i:02d}" for i in range(20)]
+    with multiprocessing.get_context("spawn").Pool(20) as pool:
+        assert sorted(pool.map(_open_and_insert, [(path, i) for i in ids])) == ids
+    assert sorted(r.id for r in JobIndex(path).list()) == ids

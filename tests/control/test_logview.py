@@ -71,6 +71,15 @@ def test_a_repeated_warning_shows_once_for_the_job() -> None:
     assert view.hidden_warnings == 1
 
 
+def test_a_ray_actors_repeated_line_shows_once_but_a_workers_lines_all_show() -> None:
+    spam = "(PlacementGroupCleaner pid=99) Found multiple active Ray instances: {'a', 'b'}."
+    same = "(RayTrainWorker pid=7875) epoch done"
+    view = LogFilter(ranks={7875: 0})
+    shown = list(view.run([spam, spam, spam, same, same]))
+    assert shown == [spam, f"[rank 0] {same}", f"[rank 0] {same}"]
+    assert view.hidden_warnings == 2
+
+
 def test_since_step_and_since_time() -> None:
     by_step = list(LogFilter(since=Since(step=20)).run(LOG.splitlines()))
     assert by_step[0].endswith("orch: step 20/20 loss 3.47 (2026-12-04T18:27:40+00:00)")
@@ -133,6 +142,13 @@ def test_errors_puts_the_reason_and_the_raising_workers_traceback_first() -> Non
     driver_tb = report[report.index("--- traceback (driver) ---") + 1:report.index("--- other error lines ---")]
     assert driver_tb[-1].startswith("ray.train.TrainingFailedError")
     assert "(TrainController pid=1) ERROR worker group failed".split(") ", 1)[1] in report
+
+
+def test_errors_find_the_workers_traceback_behind_a_wrapped_reason() -> None:
+    lines = FAILED_LOG.splitlines()
+    ranks = {11: 0, 12: 1}
+    report = error_report(lines, "WorkerGroupError: RuntimeError: boom at step 12", ranks)
+    assert report[1:3] == ["--- traceback (rank 1) ---", "Traceback (most recent call last):"]
 
 
 def test_errors_without_any_error() -> None:

@@ -373,3 +373,10 @@ def test_partially_deleted_checkpoint_is_cleaned_up(store: ObjectStore, tmp_path
     assert [(c.step, c.committed) for c in ck.list_checkpoints(store)] == [(10, False), (20, True)]
     assert ck.apply_retention(store, keep_latest=5) == [10]
     assert store.list(ck.step_prefix(10)) == []
+
+
+def test_the_package_exports_everything_it_lists():
+    from orchestrator.core import checkpoints as package
+
+    assert [name for name in package.__all__ if not hasattr(package, name)] == []
+    assert package.step_tag(120) == "step-000120"

@@ -37,8 +37,9 @@ def spec(*sets: str, path: str = GPT):
     (0, "bf16", 2, {"params": 2, "grads": 6, "master": 4, "optimizer_states": 8}),
     (1, "fp32", 2, {"params": 4, "grads": 2, "master": 2, "optimizer_states": 4}),
     (2, "bf16", 4, {"params": 2, "grads": 1, "master": 1, "optimizer_states": 2}),
-    (3, "fp32", 2, {"params": 2, "grads": 4, "master": 2, "optimizer_states": 4}),
-    (3, "bf16", 4, {"params": 0.5, "grads": 1.5, "master": 1, "optimizer_states": 2}),
+    # ZeRO-3: the gradient partition; the fp32 gradient of one optimizer sub group comes on top.
+    (3, "fp32", 2, {"params": 2, "grads": 2, "master": 2, "optimizer_states": 4}),
+    (3, "bf16", 4, {"params": 0.5, "grads": 0.5, "master": 1, "optimizer_states": 2}),
 ])
 def test_bytes_per_param_rules_are_what_deepspeed_allocated(stage, precision, n, expected):
     # Measured with orchestrator/runtime/memstats.py on DeepSpeed 0.19 (see the estimate module docstring).
@@ -54,12 +55,27 @@ def test_estimate_components_for_the_gpt_example():
     assert est.component("params") == 120_576 * 2
     assert est.component("runtime") == RUNTIME_BYTES
     assert est.component("activations") > 0
-    # CPU: only the part of the 5e8-element reduce bucket that gradients touch becomes resident.
-    assert est.component("buffers") == 120_576 * 4
+    # The model-sized reduce bucket holds the whole (tiny) model; ZeRO-3 also gathers up to
+    # stage3_max_live_parameters (here all of it) and steps AdamW on one sub group (the local half).
+    assert est.component("buffers") == 120_576 * 4 + 120_576 * 4 + 8 * 60_288
     assert est.total == sum(c.bytes for c in est.components)
     assert est.flops_per_token == flops_per_token(cfg)
     assert est.tokens_per_step == 8 * 64 * 2
     assert est.as_dict()["flops_per_step"] == est.flops_per_token * 1024
+
+
+def test_zero3_sub_group_bounds_the_fp32_gradients():
+    big = ("model.d_model=2048", "model.n_layer=20", "model.n_head=16", "model.seq_len=128",
+           "deepspeed.precision=bf16", "deepspeed.micro_batch_size=1", "deepspeed.activation_checkpointing=true")
+    sliced = estimate(spec(*big))
+    whole = estimate(spec(*big, "deepspeed.config.zero_optimization.sub_group_size=1000000000"))
+    local = -(-sliced.params // 2)
+    largest = 4 * 2048 * 2048
+    # bf16 partition + the largest sub group: sub_group_size, overshot by up to one parameter's partition.
+    assert sliced.component("grads") == sliced.params + 4 * (2 * largest + largest // 2)
+    assert whole.component("grads") == sliced.params + 4 * local  # DeepSpeed's default: the whole partition
+    # 16 bytes per parameter over 2 workers, plus sub-group and gathering buffers: under 9 GiB per worker.
+    assert sliced.model_states < 8.3 * GiB and sliced.total < 9 * GiB < whole.total
 
 
 def test_more_workers_shrink_zero3_states_but_not_zero0():

@@ -29,7 +29,7 @@ def cluster_command(args: argparse.Namespace) -> int:
         raise OrchError("--cancel: it belongs to `orch cluster down` (cancel its jobs, then stop it).")
     if args.action == "up":
         idle = None if args.idle_stop is None else parse_duration(args.idle_stop, "--idle-stop")
-        info = local.up(num_cpus=args.num_cpus, idle_stop_s=idle)
+        info = local.up(num_cpus=args.num_cpus, num_gpus=args.num_gpus, idle_stop_s=idle)
         _ensure_watcher(manager, info)
         out.print(f"Local Ray cluster up: dashboard {info.dashboard_url}, {info.num_cpus} CPUs, {info.num_gpus} GPUs; "
                   f"{_idle_text(manager, info)}")

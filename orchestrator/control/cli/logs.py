@@ -61,7 +61,7 @@ def show_logs(manager: Any, args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `orch logs JOB | head`
         return 0
     if view.hidden_warnings and not args.errors:
-        err.print(f"[dim]({view.hidden_warnings} repeats of warnings already shown were left out)[/]")
+        err.print(f"[dim]({view.hidden_warnings} repeats of lines already shown were left out)[/]")
     return 0
 
 

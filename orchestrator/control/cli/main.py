@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-stop", metavar="DURATION", help="up: stop by itself after this long with nothing "
                    "queued or running (900, 15m, 1h; 0 = never; default ORCH_IDLE_STOP_S, else 15m)")
     p.add_argument("--cancel", action="store_true", help="down: cancel its queued and running jobs first")
+    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer jobs (default: the GPUs Ray finds)")
     p.add_argument("--json", action="store_true")
     from orchestrator.control.cli.campaigns import register as register_campaigns
     from orchestrator.control.cli.checkpoints import register
