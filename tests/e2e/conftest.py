@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.embedded_clusters import stop_embedded_cluster
 from tests.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -75,8 +76,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     try:
         yield {**env, "ORCH_RAY_ADDRESS": info["dashboard_url"]}
     finally:
-        subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "down", "--cancel"], cwd=REPO, env=env,
-                       capture_output=True, timeout=120)
+        stop_embedded_cluster(home, env)
 
 
 @pytest.fixture
