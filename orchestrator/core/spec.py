@@ -26,10 +26,13 @@ from pydantic import (
 
 from orchestrator.core import safe_yaml
 from orchestrator.core.errors import SpecError
-from orchestrator.core.spec_values import (  # noqa: F401 - SECRET_NAME_PATTERN is part of this module's API
+from orchestrator.core.spec_values import (  # noqa: F401 - ENV_NAME_/SECRET_NAME_PATTERN are this module's API
+    ENV_NAME_PATTERN,
     MAX_INT,
     SECRET_NAME_PATTERN,
+    check_env,
     check_finite,
+    check_public_env,
     is_int_field,
     is_secret,
     masked_set,
@@ -37,10 +40,9 @@ from orchestrator.core.spec_values import (  # noqa: F401 - SECRET_NAME_PATTERN 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
-# Fields whose values are never echoed in error messages: env may hold secrets, storage URIs credentials.
-UNECHOED_FIELDS = ("env", "storage")
+# Fields whose values are never echoed in error messages: env holds secrets, storage URIs credentials.
+UNECHOED_FIELDS = ("env", "public_env", "storage")
 # Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
 RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 
@@ -160,7 +162,10 @@ class JobSpec(_Section):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="when to save, what to keep")
     failure: FailureSpec = Field(default_factory=FailureSpec, description="how many failures to survive")
     storage: str | None = Field(None, description="s3://bucket/prefix, file:// or a path; default ~/.orch/storage")
-    env: dict[str, str] = Field(default_factory=dict, description="extra worker environment; secrets go out of band")
+    env: dict[str, str] = Field(default_factory=dict, description="worker environment, all secret: reaches the "
+                                "workers through a 0600 file, never stored or shown")
+    public_env: dict[str, str] = Field(default_factory=dict, description="worker environment that may be shown: "
+                                       "kept in the stored spec, jobs.db and Ray's job settings")
 
     @field_validator("name")
     @classmethod
@@ -187,14 +192,7 @@ class JobSpec(_Section):
     @field_validator("env")
     @classmethod
     def _valid_env(cls, env: dict[str, str]) -> dict[str, str]:
-        # The workers' environment: a bad name fails deep inside Ray (or silently), so say it here.
-        for name, value in env.items():
-            if not ENV_NAME_PATTERN.match(name):
-                raise ValueError(f"env name '{_one_line(name)}' is not a valid environment variable name; use "
-                                 "letters, digits and '_', not starting with a digit")
-            if "\0" in value:
-                raise ValueError(f"env value of {name} contains a NUL character, which environment variables "
-                                 "cannot hold")
+        check_env(env, "env")
         return env
 
     @field_validator("storage")
@@ -211,6 +209,7 @@ class JobSpec(_Section):
     def _cross_checks(self) -> JobSpec:
         from orchestrator.workloads import BUILTIN_WORKLOADS
 
+        check_public_env(self.public_env, self.env)
         for key, value in self.data.items():
             if isinstance(value, str) and re.match(r"^[a-z0-9+]+://[^/]*@", value):
                 raise ValueError(f"data.{key} must not carry credentials; use the standard AWS settings (env, "
@@ -243,13 +242,14 @@ class JobSpec(_Section):
         return self.storage or default
 
     def redacted(self) -> dict[str, Any]:
-        """The spec as plain data with secret env values replaced: what we store and show."""
+        """The spec as plain data with every env value replaced (public_env is shown): what we store and show."""
         data = self.model_dump(mode="json")
-        data["env"] = {k: (REDACTED if is_secret(k, v) else v) for k, v in self.env.items()}
+        data["env"] = dict.fromkeys(self.env, REDACTED)
         return data
 
     def secret_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.env.items() if is_secret(k, v)}
+        """Every env value is secret: it reaches the workers only through the secrets file."""
+        return dict(self.env)
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
+from orchestrator.core.errors import SpecError
 from orchestrator.core.spec import parse_spec
 from tests.core.test_campaign_spec import campaign, resolve
 from tests.paths import REPO_ROOT
@@ -22,10 +24,13 @@ MISSED = {
 
 def test_missed_secret_names_and_credential_values_are_secret():
     spec = parse_spec({"name": "x", "workload": "mlp", "env": {**MISSED, "MODE": "fast"}})
-    assert set(spec.secret_env()) == set(MISSED)
+    assert set(spec.secret_env()) == {*MISSED, "MODE"}  # every env value is secret, whatever its name
     shown = yaml.safe_dump(spec.redacted())
     assert not [v for v in MISSED.values() if v in shown]
-    assert spec.redacted()["env"]["MODE"] == "fast"
+    assert spec.redacted()["env"]["MODE"] == "***redacted***"
+    for name, value in MISSED.items():  # nor may they be declared shown
+        with pytest.raises(SpecError, match=f"public_env.{name} looks like a secret"):
+            parse_spec({"name": "x", "workload": "mlp", "public_env": {name: value}})
 
 
 def test_campaign_overrides_of_env_in_every_form_are_redacted():
