@@ -212,3 +212,31 @@ def test_s3_campaign_leaves_no_secret_and_no_directory_marker_in_its_bucket(orch
     assert not leaks, leaks
     record = (orch.home / "jobs.db").read_bytes()
     assert not [s for s in secrets if s in record]
+
+
+@pytest.mark.e2e_timeout(900)
+def test_cancel_removes_the_secrets_file_and_resume_takes_env_values_from_its_environment(orch, tmp_path):
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    (probe_dir / "leakprobe.py").write_text(PROBE)
+    env = {"WANDB_API_KEY": SPEC_SECRET, "EXPECTED_KEY_SHA256": hashlib.sha256(SPEC_SECRET.encode()).hexdigest()}
+    job_id, _ = orch.submit(
+        "jobs/examples/mlp-digits.yaml", "name=secrets-resume", "workload=leakprobe:train",
+        f"working_dir={probe_dir}", "scaling.num_workers=1", "train.steps=1500", "train.warmup_steps=0",
+        "train.eval_every=0", "train.eval_batches=1", "train.report_every=100", "checkpoint.every_steps=100",
+        "public_env.PLAIN_SETTING=visible-value", *[f"env.{k}={v}" for k, v in env.items()], wait=False)
+    secrets_file = orch.home / "secrets" / f"{job_id}.env"
+    root = orch.storage / "jobs" / job_id
+    wait_for(lambda: list(root.glob("checkpoints/step-*/MANIFEST.json")), timeout=300, what="a checkpoint")
+    assert "CANCELLED" in orch.run("cancel", job_id).stdout
+    assert not secrets_file.exists()  # a job that ended leaves no secret on disk, whatever its state
+
+    refused = orch.run("resume", job_id, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "EXPECTED_KEY_SHA256, WANDB_API_KEY" in refused.stderr and f"orch resume {job_id}" in refused.stderr
+    assert SPEC_SECRET not in refused.stderr and orch.status(job_id)["state"] == "CANCELLED"
+
+    orch.run("resume", job_id, "--wait", timeout=600, extra_env=env)  # the probe fails unless the value arrived
+    status = orch.status(job_id)
+    assert status["state"] == "SUCCEEDED" and status["attempts"] == 2 and status["metrics"]["step"] == 1500
+    assert not secrets_file.exists()
