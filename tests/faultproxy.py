@@ -24,6 +24,7 @@ class FaultProxy:
         self.slow_s = 0.5
         self.faults = 0
         self.requests = 0
+        self.faulted: list[tuple[str, str]] = []  # (method, path) of each request a fault answered
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -38,10 +39,12 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _count(self, fault: bool) -> None:
+    def _count(self, fault: bool, method: str = "", path: str = "") -> None:
         with self._lock:
             self.requests += 1
             self.faults += int(fault)
+            if fault:
+                self.faulted.append((method, path))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -56,7 +59,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length) if length else None
                 mode = proxy.mode
-                proxy._count(mode in ("error", "drop"))
+                proxy._count(mode in ("error", "drop"), self.command, self.path)
                 if mode == "drop":
                     self.close_connection = True
                     self.connection.close()

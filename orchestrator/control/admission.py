@@ -8,6 +8,7 @@ what would fit.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -15,6 +16,12 @@ from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
 from orchestrator.core.errors import OrchError
 from orchestrator.core.estimate import Component, Estimate, GiB, builtin_workload, estimate
 from orchestrator.core.spec import JobSpec
+
+
+def check_budget(gb: float | None, source: str = "--memory-per-worker") -> None:
+    """A budget is a positive, finite number of GiB (float() also takes 'nan' and 'inf')."""
+    if gb is not None and not (math.isfinite(gb) and 0 < gb < 2**40):
+        raise OrchError(f"{source} must be a positive number of GiB (e.g. 8), got {gb:g}.")
 
 
 def worker_group_needs(spec: JobSpec) -> tuple[float, float]:
@@ -50,8 +57,7 @@ def worker_memory_budget(nodes: list[dict], cpus_per_worker: float, override_gb:
     else:
         source = "--memory-per-worker"
     if override_gb is not None:
-        if override_gb <= 0:
-            raise OrchError(f"{source} must be a positive number of GiB, got {override_gb:g}.")
+        check_budget(override_gb, source)
         return int(override_gb * GiB), source
     best = 0.0
     for node in nodes:

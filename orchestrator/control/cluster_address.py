@@ -6,6 +6,7 @@ Plain HTTP keeps `orch list`/`orch status` fast: no Ray driver is started just t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -13,6 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from orchestrator.core.errors import OrchError
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # hosts already warned about (plain http with a token)
 
 
 class ClusterUnavailable(OrchError):
@@ -50,23 +54,45 @@ def runs_on_this_machine(url: str) -> bool:
     return any(node.get("node_ip") in mine for node in fetch_nodes(url))
 
 
-def auth_headers() -> dict[str, str]:
-    """Ray token auth: RAY_AUTH_TOKEN, or the token file Ray itself writes (~/.ray/auth_token)."""
+def auth_headers(url: str | None = None) -> dict[str, str]:
+    """Ray token auth: RAY_AUTH_TOKEN, or the token file Ray itself writes (~/.ray/auth_token). With `url`,
+    warn (once per host) when the token would cross the network in clear text."""
     token = os.environ.get("RAY_AUTH_TOKEN")
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
     if not token and token_file.is_file():
         token = token_file.read_text().strip()
+    if token and url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "http" and not is_loopback(url) and parts.netloc not in _warned:
+            _warned.add(parts.netloc)
+            log.warning("The Ray token is sent to %s over plain http, readable by anyone on the network "
+                        "path; serve the dashboard over https (or reach it through an SSH tunnel).", parts.netloc)
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would send our Authorization header along a redirect, to any host: never follow one."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]  # noqa: ANN001
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 def _get_json(url: str, timeout: float) -> dict:
     base = url.split("/api")[0]
     check_address = "Check the address (--address or ORCH_RAY_ADDRESS; the dashboard port is usually 8265)"
-    request = urllib.request.Request(url, headers=auth_headers())
+    request = urllib.request.Request(url, headers=auth_headers(url))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise ClusterUnavailable(
+                f"{base} answered with a redirect (HTTP {exc.code}) to {exc.headers.get('Location', '?')}; orch "
+                "never follows one (it would carry the Ray token elsewhere). Use the final dashboard address."
+            ) from None
         if exc.code in (401, 403):
             raise ClusterUnavailable(
                 f"The Ray cluster at {base} refused our token (HTTP {exc.code}). Set RAY_AUTH_TOKEN "

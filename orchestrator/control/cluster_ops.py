@@ -13,6 +13,7 @@ from typing import Any
 from orchestrator.control.cluster_address import ClusterUnavailable
 from orchestrator.control.idle import IdleDecision, idle_decision
 from orchestrator.control.index import JobRecord, utc_now
+from orchestrator.control.job_secrets import drop as drop_secrets
 from orchestrator.control.local_cluster import LocalClusterInfo
 from orchestrator.core.errors import OrchError
 from orchestrator.core.states import ACTIVE_STATES, JobState
@@ -88,6 +89,7 @@ def cancel_for_stop(manager: Any, rec: JobRecord) -> JobRecord | None:
         manager.db.update(rec.id, cancel_requested=True)
         if manager.db.transition(rec.id, rec.state, JobState.CANCELLED, finished_at=utc_now(),
                                  message=CLUSTER_STOPPED):
+            drop_secrets(manager.secrets_dir, rec.id)
             return manager.db.get(rec.id)
         time.sleep(0.05)
     return None

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator.control import safe_load
 from orchestrator.core import checkpoints
 from orchestrator.core.errors import NotFoundError, OrchError
 from orchestrator.core.noise import library_output
@@ -41,22 +42,42 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
         tag = checkpoints.step_tag(step)
         checkpoints.download_checkpoint(store, step, Path(tmp) / tag)
         names = [p.name for p in (Path(tmp) / tag).iterdir()]
-        if any(n.startswith("zero_pp_rank_") for n in names):
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
-            # DeepSpeed prints its progress and notices; never on our stdout, and only with --verbose.
-            with library_output():
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        # Stored files are data: every torch.load below (DeepSpeed's included) reads weights only.
+        with safe_load.weights_only_loads():
+            try:
+                if any(n.startswith("zero_pp_rank_") for n in names):
+                    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
+                    # DeepSpeed prints its progress and notices; never on our stdout, and only with --verbose.
+                    with library_output():
+                        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-                state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
-        else:  # ZeRO stage 0: rank 0 saved the whole module
-            saved = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
-                               weights_only=False)
-            state = saved["module"]
+                        state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+                else:  # ZeRO stage 0: rank 0 saved the whole module
+                    state = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt")["module"]
+            except OrchError:
+                raise
+            except Exception as exc:  # a file that is not what DeepSpeed wrote: say so, no traceback
+                raise OrchError(
+                    f"Checkpoint step {step} under {store.uri} cannot be consolidated ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}). Its files are not a DeepSpeed checkpoint this version can read; try an "
+                    "older one with --step (see orch checkpoints)."
+                ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OrchError(f"Checkpoint step {step} under {store.uri} holds no model state dict; try another "
+                        "step with --step (see orch checkpoints).")
     # Tied weights share storage; give each tensor its own so every format can save it.
     return {k: v.detach().to(torch.float32).clone().contiguous() for k, v in state.items()}
 
 
 def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
+    try:
+        _save(state, out, fmt)
+    except OSError as exc:
+        raise OrchError(f"--out {out} cannot be written ({exc.strerror or exc}). Give a path in a directory you "
+                        "can write.") from None
+
+
+def _save(state: dict[str, Any], out: Path, fmt: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     if fmt == "safetensors":
@@ -68,3 +89,18 @@ def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
 
         torch.save(state, tmp)
     tmp.replace(out)  # never leave a half-written model under the requested name
+
+
+def check_out_path(raw: str) -> Path:
+    """--out must be a path a model file can be written to, checked before any work; never a device or FIFO."""
+    if not raw.strip():
+        raise OrchError("--out is empty. Give the file to write, e.g. --out model.pt.")
+    path = Path(raw)
+    if path.is_dir():
+        raise OrchError(f"--out {raw} is a directory. Give a file path inside it, e.g. --out {path / 'model.pt'}.")
+    if path.exists() and not path.is_file():
+        raise OrchError(f"--out {raw} exists and is not a regular file (a device or pipe?); it is left alone. "
+                        "Give a new file path.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OrchError(f"--out {raw}: {path.parent} is not a directory. Give a path in a directory.")
+    return path

@@ -9,6 +9,7 @@ processes can never both move a job from QUEUED to STARTING (and so never launch
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -106,8 +107,19 @@ class JobIndex:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._retrying(self._create)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Records hold specs and messages: readable by their owner only (sqlite gives -wal/-shm the same mode).
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)
+        except OSError as exc:
+            raise OrchError(f"Cannot use {self.path.parent} as ORCH_HOME ({exc.strerror}): it must be a directory "
+                            "this user can write. Point ORCH_HOME at one (default ~/.orch).") from None
+        try:
+            self._retrying(self._create)
+        except sqlite3.DatabaseError as exc:
+            raise OrchError(f"The job database {self.path} cannot be read ({exc}); it is damaged or not a job "
+                            "database. Move it aside and rebuild the index from storage with: orch sync") from None
 
     @staticmethod
     def _create(conn: sqlite3.Connection) -> None:

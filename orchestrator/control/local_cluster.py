@@ -70,6 +70,24 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _is_ray_head(info: LocalClusterInfo) -> bool:
+    """Whether info.pid is the `ray start --head` this home started: its own process group leader, with the
+    GCS port we gave it on its command line. cluster.json is only a file: a stale or edited one must never get
+    another process killed (pids are reused)."""
+    try:
+        if Path("/proc").is_dir():
+            argv = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+        else:  # macOS: no /proc
+            argv = subprocess.run(["ps", "-o", "command=", "-p", str(info.pid)], capture_output=True,
+                                  timeout=10).stdout.split()
+        leader = os.getpgid(info.pid) == info.pid
+    except (OSError, ProcessLookupError, subprocess.SubprocessError):
+        return False
+    port = info.gcs_address.rsplit(":", 1)[-1].encode()
+    return (leader and b"ray.scripts.scripts" in argv and b"--head" in argv
+            and any(a == b"--port" and b == port for a, b in zip(argv, argv[1:], strict=False)))
+
+
 class LocalCluster:
     def __init__(self, home: Path):
         self.dir = home / "cluster"
@@ -98,7 +116,7 @@ class LocalCluster:
             info = LocalClusterInfo(**json.loads(self.state_file.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        return info if _pid_alive(info.pid) else None
+        return info if _pid_alive(info.pid) and _is_ray_head(info) else None
 
     def up(self, num_cpus: int | None = None, num_gpus: int | None = None,
            idle_stop_s: float | None = None) -> LocalClusterInfo:

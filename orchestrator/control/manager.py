@@ -9,12 +9,14 @@ keeps ticking (see orchestrator/control/scheduler.py), so the queue drains even 
 from __future__ import annotations
 
 import fcntl
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.control import job_secrets
 from orchestrator.control.admission import check_fits_cluster, check_fits_totals, worker_group_needs
 from orchestrator.control.cluster_address import (
     ClusterUnavailable,
@@ -43,7 +45,10 @@ from orchestrator.core.run import (
 from orchestrator.core.secrets import write_secrets_file
 from orchestrator.core.spec import JobSpec, parse_spec
 from orchestrator.core.states import ACTIVE_STATES, JobState
+from orchestrator.core.workload_check import check_submittable
 from orchestrator.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 class JobManager:
@@ -79,16 +84,17 @@ class JobManager:
     def prepare_resume(self, rec: JobRecord) -> None:
         """Point a job or campaign about to be resumed at its cluster: where it ran, unless --address says
         otherwise or that was an embedded cluster now gone. Its secrets file is written again from this
-        command's environment (a finished run removes it)."""
+        command's environment (a job's end removes it; see job_secrets)."""
+        secrets = job_secrets.resume_secrets(rec)  # refused before anything changes if an env value is missing
         if self.address is None and rec.ray_address and not self.local.was_embedded(rec.ray_address):
             url = rec.ray_address
         else:
             url = self.cluster_url(start=True)
             assert url is not None
-        self.check_cluster_reaches(url, open_store(rec.storage_uri), {})
+        self.check_cluster_reaches(url, open_store(rec.storage_uri), secrets)
         self.db.update(rec.id, cancel_requested=False, ray_address=url)
-        if self.shares_machine(url) and not (self.secrets_dir / f"{rec.id}.env").exists():
-            write_secrets_file(self.secrets_dir, rec.id, {})
+        if self.shares_machine(url):
+            job_secrets.write_for_resume(self.secrets_dir, rec)
 
     def check_cluster_reaches(self, url: str, storage: ObjectStore, secrets: dict[str, str]) -> None:
         """Refuse what a cluster on another machine could not use: files on this disk, secrets in job settings."""
@@ -101,9 +107,10 @@ class JobManager:
             )
         if secrets:
             raise OrchError(
-                f"env: {', '.join(sorted(secrets))} look like secrets, and a remote cluster's job "
-                "settings are readable by anyone with dashboard access. Configure them on the cluster's nodes "
-                "(instance role, Kubernetes secret) and remove them from the spec."
+                f"env: {', '.join(sorted(secrets))} are secret (every env value is), and they reach workers only "
+                f"through a file on this machine, which the Ray cluster at {url} cannot read (its job settings are "
+                "readable by anyone with dashboard access). Configure secrets on the cluster's nodes (instance "
+                "role, Kubernetes secret); move values that may be shown to public_env."
             )
 
     def ray_for(self, url: str) -> RayJobs:
@@ -115,6 +122,7 @@ class JobManager:
     def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
         """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
         that is it) and the cluster's total CPUs and GPUs."""
+        check_submittable(spec.workload, spec.working_dir)  # before anything starts or is written
         base = open_store(spec.storage_uri((self.home / "storage").as_uri()))
         base.check()
         url = self.cluster_url(start=True)
@@ -150,10 +158,16 @@ class JobManager:
     def tick(self) -> None:
         """Reconcile active jobs and campaigns, then start queued jobs that fit, per cluster, oldest first."""
         for rec in self.db.list(states=ACTIVE_STATES):
-            self.reconcile(rec)
+            try:
+                self.reconcile(rec)
+            except ClusterUnavailable:
+                continue  # that cluster is down for now; the record stays as it is
+            except Exception:  # one record must never stop the others from being followed
+                log.exception("reconciling %s failed; the other jobs go on", rec.id)
         with self._launch_lock() as mine:
             if not mine:
                 return  # another orch process is launching right now; the scheduler ticks again within a second
+            job_secrets.sweep(self.secrets_dir, self.db)
             # Read under the lock: all launches happen under it, so the queue and the free resources agree.
             queued = [self._follow_embedded_cluster(r) for r in self.db.list(states=[JobState.QUEUED], kind="job")]
             for url in dict.fromkeys(rec.ray_address for rec in queued):
@@ -226,14 +240,17 @@ class JobManager:
             same_machine = self.shares_machine(rec.ray_address)
             secrets_file = self.secrets_dir / f"{rec.id}.env"
             runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
-                                          {k: v for k, v in spec.env.items() if k not in spec.secret_env()},
-                                          spec.working_dir, same_machine)
+                                          spec.public_env, spec.working_dir, same_machine)
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
             ray.submit(submission_id, entrypoint, runtime_env,
                        metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})
-        except OrchError as exc:
-            self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
-                               finished_at=utc_now(), message=str(exc))
+        except Exception as exc:  # whatever Ray (or the spec) raises fails this job, never the whole queue
+            message = str(exc) if isinstance(exc, OrchError) else (
+                f"Could not hand the job to Ray ({type(exc).__name__}: {exc}). Fix the cause and run "
+                f"orch resume {rec.id}.")
+            if self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
+                                  finished_at=utc_now(), message=message):
+                job_secrets.drop(self.secrets_dir, rec.id)
             return False
         if not self.db.transition(rec.id, JobState.QUEUED, JobState.STARTING, submissions=submissions,
                                   started_at=utc_now(), message=""):
@@ -275,9 +292,8 @@ class JobManager:
         fields: dict = {"message": transition.message}
         if target.terminal:
             fields["finished_at"] = utc_now()
-        if target == JobState.SUCCEEDED:  # kept otherwise: `orch resume` needs them again
-            (self.secrets_dir / f"{rec.id}.env").unlink(missing_ok=True)
-        self.db.transition(rec.id, rec.state, target, **fields)
+        if self.db.transition(rec.id, rec.state, target, **fields) and target.terminal:
+            job_secrets.drop(self.secrets_dir, rec.id)  # `orch resume` takes them from its environment again
         return self.db.get(rec.id)
 
     def reconcile(self, rec: JobRecord) -> JobRecord:
@@ -314,8 +330,9 @@ class JobManager:
             raise OrchError(f"Job {job_id} is already {rec.state.value}; nothing to cancel.")
         self.db.update(job_id, cancel_requested=True)
         if rec.state == JobState.QUEUED:
-            self.db.transition(job_id, JobState.QUEUED, JobState.CANCELLED, finished_at=utc_now(),
-                               message="cancelled by user before it started")
+            if self.db.transition(job_id, JobState.QUEUED, JobState.CANCELLED, finished_at=utc_now(),
+                                  message="cancelled by user before it started"):
+                job_secrets.drop(self.secrets_dir, job_id)
             return self.db.get(job_id)
         self.ray_for(rec.ray_address).stop(ray_submission_id(rec))
         return self.wait(job_id, timeout_s=60, poll_s=0.25)

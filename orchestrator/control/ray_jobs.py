@@ -76,7 +76,7 @@ class RayJobs:
             from ray.job_submission import JobSubmissionClient
 
             try:
-                self._client = JobSubmissionClient(self.url, headers=auth_headers() or None)
+                self._client = JobSubmissionClient(self.url, headers=auth_headers(self.url) or None)
             except Exception as exc:  # Ray raises ConnectionError/RuntimeError variants here
                 raise ClusterUnavailable(f"Cannot reach the Ray Jobs API at {self.url}: {exc}. Check --address "
                                          "or ORCH_RAY_ADDRESS and that the cluster is up.") from None

@@ -17,6 +17,8 @@ nobody knows yet is skipped rather than declared lost: it may be an `orch submit
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,6 +48,7 @@ from orchestrator.storage import ObjectInfo, ObjectStore, open_store
 
 # A spec younger than this, with no record and unknown to Ray, may belong to a submit still in progress.
 IN_FLIGHT = timedelta(seconds=60)
+JOB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def rebuild_record(job_id: str, job_store: ObjectStore, spec_written: datetime,
         verdict_reason=str((result or {}).get("reason") or "")))
     state, message = decision.target or JobState.FAILED, decision.message  # a rebuilt record always gets a state
     finished_at = (result or {}).get("finished_at") if result and result.get("status") == state.value else None
+    if not isinstance(finished_at, str):  # result.json is written by whoever can write storage
+        finished_at = None
     if state.terminal and finished_at is None:
         finished_at = _iso(datetime.now(timezone.utc))
     return JobRecord(
@@ -152,6 +157,9 @@ def sync_index(manager: JobManager, storage_uris: list[str], now: datetime | Non
         base = open_store(uri)
         base.check()
         for job_id, written in job_prefixes(base.list("jobs")).items():
+            if not JOB_ID.match(job_id):  # storage is written by others: a key must not steer where we read
+                result.skipped[ascii(job_id)[1:-1]] = "not a job id (letters, digits, - _ .; no '..')"
+                continue
             found.append((written, job_id, base.child(job_key(job_id))))
     for written, job_id, job_store in sorted(found, key=lambda item: (item[0], item[1])):  # queue order
         if job_id in known:
@@ -162,10 +170,10 @@ def sync_index(manager: JobManager, storage_uris: list[str], now: datetime | Non
             continue
         try:
             rec = rebuild_record(job_id, job_store, written, ray.get(job_id), url)
-        except (OrchError, yaml.YAMLError, ValueError) as exc:  # ValueError: a corrupt metrics line
-            result.skipped[job_id] = f"unreadable: {exc}"
+            manager.db.upsert(rec)
+        except (OrchError, yaml.YAMLError, ValueError, TypeError, sqlite3.Error) as exc:  # a corrupt entry
+            result.skipped[job_id] = f"unreadable: {str(exc)[:300]}"
             continue
-        manager.db.upsert(rec)
         known.add(job_id)
         result.added.append(rec)
     return result

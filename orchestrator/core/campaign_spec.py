@@ -21,7 +21,6 @@ from orchestrator.core.errors import SpecError
 from orchestrator.core.spec import (
     NAME_PATTERN,
     REDACTED,
-    SECRET_NAME_PATTERN,
     JobSpec,
     apply_overrides,
     format_validation_error,
@@ -229,7 +228,8 @@ class Campaign:
         spec = self.spec.model_dump(mode="json", exclude_unset=True)
         if isinstance(self.spec.base, dict):
             spec["base"] = self.base  # an inline base may hold secrets; the resolved one is redacted
-        spec["overrides"] = {k: REDACTED if k.startswith("env.") and SECRET_NAME_PATTERN.search(k) else v
+        # Every env value set through overrides is hidden: the base (redacted by name and value) shows the others.
+        spec["overrides"] = {k: _redact_env(v) if k == "env" else REDACTED if k.startswith("env.") else v
                              for k, v in self.spec.overrides.items()}
         return {"campaign": spec, "base": self.base, "max_t": self.max_t}
 
@@ -240,6 +240,10 @@ class Campaign:
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, "stored campaign spec")) from None
         return cls(spec=spec, base=data["base"], max_t=int(data["max_t"]))
+
+
+def _redact_env(value: Any) -> Any:
+    return {k: REDACTED for k in value} if isinstance(value, dict) else REDACTED
 
 
 # ---- dotted keys ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ class MetricsLog:
         self._tensorboard = tensorboard and enabled
         self._writer: Any = None
         self._purge_step: int | None = None
+        # Background writes: a report must not wait out a storage outage (each write retries with backoff).
+        self._lock = threading.Lock()
+        self._pending: str | None = None
+        self._flusher: threading.Thread | None = None
 
     def resume_from(self, step: int) -> None:
         if not self.enabled:
@@ -64,13 +69,13 @@ class MetricsLog:
             self._purge_step = step + 1
         self.flush()
 
-    def add(self, row: dict[str, Any], flush: bool) -> None:
+    def add(self, row: dict[str, Any], flush: bool, background: bool = False) -> None:
         if not self.enabled:
             return
         self.rows.append(row)
         self._add_scalars(row)
         if flush:
-            self.flush()
+            self.flush(wait=not background)
 
     def note_checkpoint(self, step: int, stall_s: float) -> None:
         if self.enabled and self.rows and self.rows[-1].get("step") == step:
@@ -82,15 +87,37 @@ class MetricsLog:
             merged.update(row)
         return merged
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
+        """Rewrite metrics.jsonl (and upload the event files). `wait=False` hands the write to a background
+        thread, newest rows winning, so training goes on while storage retries; `wait=True` (resume, the final
+        row) returns once everything is written."""
         if not self.enabled:
             return
         body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows)
-        try:
-            self.store.put_bytes(METRICS_KEY, body.encode())
-        except StorageError as exc:  # metrics are rewritten whole next time; training goes on
-            log.warning("metrics not written (will retry at the next report): %s", exc)
-        self._upload_events()
+        with self._lock:
+            self._pending = body
+            if self._flusher is None and not wait:
+                self._flusher = threading.Thread(target=self._write_pending, name="orch-metrics", daemon=True)
+                self._flusher.start()
+            flusher = self._flusher
+        if wait:
+            if flusher is not None:
+                flusher.join()
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._lock:
+                body, self._pending = self._pending, None
+                if body is None:
+                    if self._flusher is threading.current_thread():
+                        self._flusher = None
+                    return
+            try:
+                self.store.put_bytes(METRICS_KEY, body.encode())
+            except StorageError as exc:  # metrics are rewritten whole next time; training goes on
+                log.warning("metrics not written (will retry at the next report): %s", exc)
+            self._upload_events()
 
     # ---- TensorBoard -----------------------------------------------------------------------------------
     def _events_writer(self) -> Any:

@@ -20,8 +20,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-import yaml
-
+from orchestrator.core import safe_yaml
 from orchestrator.core.checkpoints import list_checkpoints
 from orchestrator.core.metrics_log import METRICS_KEY, read_jsonl
 from orchestrator.storage import ObjectStore, StorageError
@@ -68,12 +67,12 @@ def attempt_key(attempt: int) -> str:
 # ---- spec ----------------------------------------------------------------------------------------------------
 def write_spec(store: ObjectStore, data: dict[str, Any]) -> None:
     """The spec as the run will use it; callers pass it redacted."""
-    store.put_bytes(SPEC_KEY, yaml.safe_dump(data, sort_keys=False).encode())
+    store.put_bytes(SPEC_KEY, safe_yaml.dump(data).encode())
 
 
 def read_spec(store: ObjectStore) -> Any:
-    """The stored spec as YAML data (callers validate it)."""
-    return yaml.safe_load(store.get_bytes(SPEC_KEY))
+    """The stored spec as YAML data (callers validate it); aliases, duplicate keys and huge files refused."""
+    return safe_yaml.load(store.get_bytes(SPEC_KEY), "stored spec.yaml")
 
 
 # ---- metrics, attempts ---------------------------------------------------------------------------------------
@@ -174,8 +173,21 @@ def verdict_from_logs(text: str) -> str | None:
 
 
 def root_cause(exc: BaseException) -> str:
-    """Ray wraps worker errors a few levels deep; the innermost message is the useful one."""
+    """Ray wraps worker errors a few levels deep; the innermost message is the useful one. A worker whose process
+    died (Ray Train's health check failed: killed, OOM) raised nothing itself, so the reason names its rank."""
+    failures = getattr(exc, "worker_failures", None)  # Ray Train's WorkerGroupError: {world rank: error}
+    if isinstance(failures, dict):
+        dead = sorted(rank for rank, error in failures.items() if hasattr(error, "health_check_failure"))
+        if dead:
+            ranks = ", ".join(str(rank) for rank in dead)
+            failure = failures[dead[0]].health_check_failure
+            first = next((line.strip() for line in str(failure).splitlines() if line.strip()), "")
+            return f"worker rank {ranks} died ({type(failure).__name__}: {first})"[:1000]
+    return _innermost(exc)[:1000]
+
+
+def _innermost(exc: BaseException) -> str:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:1000]
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"

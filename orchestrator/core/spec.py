@@ -14,21 +14,36 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from orchestrator.core import safe_yaml
 from orchestrator.core.errors import SpecError
+from orchestrator.core.spec_values import (  # noqa: F401 - ENV_NAME_/SECRET_NAME_PATTERN are this module's API
+    ENV_NAME_PATTERN,
+    MAX_INT,
+    SECRET_NAME_PATTERN,
+    check_env,
+    check_finite,
+    check_public_env,
+    is_int_field,
+    is_secret,
+    masked_set,
+)
 from orchestrator.core.tracking_spec import TrackingSpec
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 ENTRYPOINT_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# Environment variable names whose values are secrets: forwarded out of band, never stored. Besides the
-# words that are secret anywhere in a name, KEY/PASS/AUTH count as whole words (OPENAI_KEY, DB_PASS, but not MONKEY).
-SECRET_NAME_PATTERN = re.compile(
-    r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_KEY|API_KEY|(^|_)(KEY|PASS|AUTH)(_|$))", re.I)
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REDACTED = "***redacted***"
-# Fields whose values are never echoed in error messages: env may hold secrets, storage and tracker URIs credentials.
-UNECHOED_FIELDS = ("env", "storage", "tracking")
+# Fields whose values are never echoed in error messages: env holds secrets, storage and tracker URIs credentials.
+UNECHOED_FIELDS = ("env", "public_env", "storage", "tracking")
 # Sections of the derived DeepSpeed config that a raw `deepspeed.config` may only replace with a mapping.
 RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 
@@ -36,6 +51,19 @@ RAW_DEEPSPEED_SECTIONS = ("zero_optimization", "bf16", "fp16")
 class _Section(BaseModel):
     # No inf/NaN: they are never meaningful here, and JSON (records, results) cannot hold them.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_counts(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true/false as 1/0, and Python ints have no size limit; neither is a meaningful count.
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or not is_int_field(field.annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not a boolean (true/false)")
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise ValueError(f"must be less than or equal to {MAX_INT}")
+        return value
 
 
 class ScalingSpec(_Section):
@@ -71,6 +99,12 @@ class DeepSpeedSpec(_Section):
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="raw DeepSpeed config merged over the derived one (expert escape hatch)")
 
+    @field_validator("config")
+    @classmethod
+    def _finite_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        check_finite(config, "deepspeed.config")
+        return config
+
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> DeepSpeedSpec:
         if self.offload_optimizer and self.zero_stage == 0:
@@ -87,7 +121,8 @@ class TrainSpec(_Section):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
-    seed: int = Field(0, description="seeds init, data order and noise; resume restores RNG state")
+    seed: int = Field(0, ge=-(2**63), le=2**64 - 1,  # what torch.manual_seed takes
+                      description="seeds init, data order and noise; resume restores RNG state")
     eval_every: int = Field(0, ge=0, description="0: evaluate only at the end")
     eval_batches: int = Field(4, ge=1, description="validation batches per evaluation")
     report_every: int = Field(10, ge=1, description="steps between metric reports")
@@ -128,7 +163,10 @@ class JobSpec(_Section):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="when to save, what to keep")
     failure: FailureSpec = Field(default_factory=FailureSpec, description="how many failures to survive")
     storage: str | None = Field(None, description="s3://bucket/prefix, file:// or a path; default ~/.orch/storage")
-    env: dict[str, str] = Field(default_factory=dict, description="extra worker environment; secrets go out of band")
+    env: dict[str, str] = Field(default_factory=dict, description="worker environment, all secret: reaches the "
+                                "workers through a 0600 file, never stored or shown")
+    public_env: dict[str, str] = Field(default_factory=dict, description="worker environment that may be shown: "
+                                       "kept in the stored spec, jobs.db and Ray's job settings")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec,
                                    description="experiment tracker the run is mirrored to (MLflow)")
 
@@ -157,14 +195,7 @@ class JobSpec(_Section):
     @field_validator("env")
     @classmethod
     def _valid_env(cls, env: dict[str, str]) -> dict[str, str]:
-        # The workers' environment: a bad name fails deep inside Ray (or silently), so say it here.
-        for name, value in env.items():
-            if not ENV_NAME_PATTERN.match(name):
-                raise ValueError(f"env name '{_one_line(name)}' is not a valid environment variable name; use "
-                                 "letters, digits and '_', not starting with a digit")
-            if "\0" in value:
-                raise ValueError(f"env value of {name} contains a NUL character, which environment variables "
-                                 "cannot hold")
+        check_env(env, "env")
         return env
 
     @field_validator("storage")
@@ -181,6 +212,11 @@ class JobSpec(_Section):
     def _cross_checks(self) -> JobSpec:
         from orchestrator.workloads import BUILTIN_WORKLOADS
 
+        check_public_env(self.public_env, self.env)
+        for key, value in self.data.items():
+            if isinstance(value, str) and re.match(r"^[a-z0-9+]+://[^/]*@", value):
+                raise ValueError(f"data.{key} must not carry credentials; use the standard AWS settings (env, "
+                                 "profile) instead")
         workload = BUILTIN_WORKLOADS.get(self.workload)
         if workload is not None:
             # Normalise the workload sections so stored specs show every default that was used.
@@ -209,13 +245,14 @@ class JobSpec(_Section):
         return self.storage or default
 
     def redacted(self) -> dict[str, Any]:
-        """The spec as plain data with secret env values replaced: what we store and show."""
+        """The spec as plain data with every env value replaced (public_env is shown): what we store and show."""
         data = self.model_dump(mode="json")
-        data["env"] = {k: (REDACTED if SECRET_NAME_PATTERN.search(k) else v) for k, v in self.env.items()}
+        data["env"] = dict.fromkeys(self.env, REDACTED)
         return data
 
     def secret_env(self) -> dict[str, str]:
-        return {k: v for k, v in self.env.items() if SECRET_NAME_PATTERN.search(k)}
+        """Every env value is secret: it reaches the workers only through the secrets file."""
+        return dict(self.env)
 
     def spec_hash(self) -> str:
         canonical = json.dumps(self.redacted(), sort_keys=True, separators=(",", ":"))
@@ -238,7 +275,7 @@ def _validate_section(section: str, workload: Any, config_cls: type[BaseModel], 
             msg = "is required; add it to the spec"
         else:
             msg = first["msg"].removeprefix("Value error, ")
-            if not isinstance(first.get("input"), (dict, list)):
+            if not isinstance(first.get("input"), (dict, list)) and not is_secret("", str(first.get("input"))):
                 msg += f" (got {first.get('input')!r})"
         raise ValueError(f"field '{loc}': {msg}") from None
 
@@ -268,16 +305,22 @@ def load_spec_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(f"Spec file '{path}' does not exist. Check the path (example specs are in jobs/examples/).")
+    if not path.is_file():  # a directory, FIFO or device: reading it could block or never end
+        raise SpecError(f"Spec file '{path}' is not a regular file (a directory, pipe or device?). Give the path "
+                        "of a YAML file (example specs are in jobs/examples/).")
     try:
+        if path.stat().st_size > safe_yaml.MAX_SPEC_BYTES:
+            raise SpecError(f"Spec file '{path}' is {path.stat().st_size} bytes, more than the "
+                            f"{safe_yaml.MAX_SPEC_BYTES} a spec may have. Check that it is the right file.")
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"Spec file '{path}' cannot be read ({exc.strerror}). Check its permissions.") from None
     except UnicodeDecodeError:
         raise SpecError(f"Spec file '{path}' is not UTF-8 text. Save it as UTF-8 YAML.") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -306,10 +349,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise SpecError(f"--set '{_one_line(item)}' must look like key.path=value (for example "
+            raise SpecError(f"--set '{_one_line(masked_set(item))}' must look like key.path=value (for example "
                             "scaling.num_workers=2).")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_yaml.load(raw, "--set value") if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
             value = raw
         node = data
@@ -317,7 +360,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise SpecError(f"--set '{_one_line(item)}': '{_one_line(part)}' is not a section, so "
+                raise SpecError(f"--set '{_one_line(masked_set(item))}': '{_one_line(part)}' is not a section, so "
                                 f"'{_one_line(key)}' cannot be set.")
             node = child
         node[parts[-1]] = value
@@ -343,7 +386,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "is not a known field; remove it or check its spelling (see jobs/examples/ for valid specs)"
         elif err["type"] == "missing":
             msg = "is required; add it to the spec"
-        elif "input" in err and loc.split(".")[0] not in UNECHOED_FIELDS and not isinstance(err["input"], (dict, list)):
+        elif ("input" in err and loc.split(".")[0] not in UNECHOED_FIELDS and not isinstance(err["input"], (dict, list))
+              and not is_secret("", str(err["input"]))):
             msg = f"{msg} (got {err['input']!r})"
         # A cross-field error already names its fields; a field error gets the field name first.
         lines.append(f"field '{loc}': {msg}" if loc else msg)

@@ -267,7 +267,7 @@ class WorkerContext:
         row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
         row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
-        self.metrics.add(row, flush=True)
+        self.metrics.add(row, flush=True, background=True)  # a storage outage must not hold up training
         if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
             print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
         self._report_to_ray(row)

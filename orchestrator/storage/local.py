@@ -69,17 +69,26 @@ def _copy_from(path: Path) -> Callable[[BinaryIO], None]:
 
 
 class LocalStore(ObjectStore):
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, top: Path | None = None) -> None:
         root = Path(root)
         if not root.is_absolute():
             raise ValueError(f"LocalStore root must be absolute, got {str(root)!r}")
         self.root = root
         self.uri = root.as_uri()
+        # The storage location the user named (children share it), resolved once: nothing under it may lead
+        # outside it through a symlink that someone with write access planted.
+        self._top = top if top is not None else root.resolve()
 
     # -- helpers -------------------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        return self._inside(self.root / check_key(key), key)
+
+    def _inside(self, path: Path, key: str) -> Path:
+        if not path.resolve().is_relative_to(self._top):
+            raise StorageError(f"Storage {self.uri}: '{key}' leads outside the storage directory {self._top} "
+                               "(through a symbolic link); refusing to follow it. Remove the link.")
+        return path
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
@@ -140,7 +149,7 @@ class LocalStore(ObjectStore):
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         prefix = check_prefix(prefix)
-        base = self.root / prefix if prefix else self.root
+        base = self._inside(self.root / prefix, prefix) if prefix else self.root
         found: list[ObjectInfo] = []
         for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
@@ -175,7 +184,7 @@ class LocalStore(ObjectStore):
             with self._errors("delete", info.key), contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 deleted += 1
-        base = self.root / prefix if prefix else self.root
+        base = self._inside(self.root / prefix, prefix) if prefix else self.root
         for dirpath, _dirnames, _filenames in os.walk(base, topdown=False):
             if Path(dirpath) != self.root:
                 with contextlib.suppress(OSError):  # still holds an in-progress write: leave it
@@ -185,7 +194,7 @@ class LocalStore(ObjectStore):
 
     def child(self, prefix: str) -> LocalStore:
         prefix = check_prefix(prefix)
-        return LocalStore(self.root / prefix) if prefix else LocalStore(self.root)
+        return LocalStore(self.root / prefix, self._top) if prefix else LocalStore(self.root, self._top)
 
     def check(self) -> None:
         # Find what exists: the root itself, or the nearest ancestor it would be created in.

@@ -38,7 +38,8 @@ def embedded(tmp_path, monkeypatch):
     """A manager whose embedded cluster is a stand-in process of our own (own session), at URL."""
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(manager_module, "cluster_totals", lambda url: {"CPU": 2.0, "GPU": 0.0})
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "ray.scripts.scripts", "start",
+                             "--head", "--port", "2"], start_new_session=True)
     mgr = JobManager()
     mgr.local.dir.mkdir(parents=True)
     info = LocalClusterInfo(URL, "127.0.0.1:2", proc.pid, 2, 0, "x", 60.0, time.time())

@@ -59,7 +59,8 @@ def test_describe_duration() -> None:
 @pytest.fixture
 def fake_head(tmp_path):
     """A process standing in for `ray start --block` (own session, as the real one), so stopping it is safe."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "ray.scripts.scripts", "start",
+                             "--head", "--port", "2"], start_new_session=True)
     local = LocalCluster(tmp_path)
     local.dir.mkdir(parents=True)
     yield local, proc

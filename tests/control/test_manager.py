@@ -132,7 +132,8 @@ def test_cancel_and_resume(manager):
 
 
 def test_spec_is_stored_redacted_and_secrets_file_is_private(manager):
-    spec = parse_spec({"name": "s", "workload": "mlp", "env": {"WANDB_API_KEY": "sk-123", "MODE": "x"}})
+    spec = parse_spec({"name": "s", "workload": "mlp", "env": {"WANDB_API_KEY": "sk-123"},
+                       "public_env": {"MODE": "x"}})
     rec = manager.submit(spec)
     stored = open_store(rec.storage_uri).get_bytes("spec.yaml").decode()
     assert "sk-123" not in stored and "MODE: x" in stored

@@ -17,7 +17,7 @@ from orchestrator.core.campaign_spec import (
     trial_spec_data,
 )
 from orchestrator.core.errors import SpecError
-from orchestrator.core.spec import parse_spec
+from orchestrator.core.spec import REDACTED, parse_spec
 from tests.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -75,13 +75,15 @@ def test_base_is_resolved_relative_to_the_campaign_file_and_overrides_apply(tmp_
 
 def test_inline_base_works_and_its_secrets_are_kept_out_of_the_stored_record():
     base = yaml.safe_load((EXAMPLES / "mlp-digits.yaml").read_text())
-    base["env"] = {"WANDB_API_KEY": "s3cr3t", "MODE": "fast"}
+    base["env"] = {"WANDB_API_KEY": "s3cr3t", "MODE": "mode-fast-7"}
+    base["public_env"] = {"LOG_LEVEL": "level-info-7"}
     loaded = resolve(campaign(base=base, overrides={"env.HF_TOKEN": "t0ken", "train.steps": 60}))
-    assert loaded.secrets == {"WANDB_API_KEY": "s3cr3t", "HF_TOKEN": "t0ken"}
+    # Every env value is secret, whatever its name; public_env is what may be shown.
+    assert loaded.secrets == {"WANDB_API_KEY": "s3cr3t", "HF_TOKEN": "t0ken", "MODE": "mode-fast-7"}
     stored = yaml.safe_dump(loaded.to_record())
-    assert "s3cr3t" not in stored and "t0ken" not in stored
-    assert loaded.base["env"]["MODE"] == "fast"
-    assert Campaign.from_record(loaded.to_record()).base_job.env["MODE"] == "fast"
+    assert "s3cr3t" not in stored and "t0ken" not in stored and "mode-fast-7" not in stored
+    assert loaded.base["env"]["MODE"] == REDACTED and loaded.base["public_env"]["LOG_LEVEL"] == "level-info-7"
+    assert Campaign.from_record(loaded.to_record()).base_job.public_env == {"LOG_LEVEL": "level-info-7"}
 
 
 def test_record_round_trip_keeps_everything_and_adds_no_options():

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.embedded_clusters import stop_embedded_cluster
 from tests.paths import REPO_ROOT
 
 REPO = REPO_ROOT
@@ -75,14 +76,55 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     try:
         yield {**env, "ORCH_RAY_ADDRESS": info["dashboard_url"]}
     finally:
-        subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "down", "--cancel"], cwd=REPO, env=env,
-                       capture_output=True, timeout=120)
+        stop_embedded_cluster(home, env)
 
 
 @pytest.fixture
-def orch(ray_cluster: dict[str, str], tmp_path: Path) -> Orch:
+def orch(ray_cluster: dict[str, str], tmp_path: Path) -> Iterator[Orch]:
     home = tmp_path / "orch-home"
-    return Orch(home=home, env={**ray_cluster, "ORCH_HOME": str(home)})
+    yield Orch(home=home, env={**ray_cluster, "ORCH_HOME": str(home)})
+    stop_leftover_ray_jobs(ray_cluster["ORCH_RAY_ADDRESS"], home)
+
+
+def stop_leftover_ray_jobs(address: str, home: Path) -> None:
+    """A failed test must not leave its jobs running on the shared cluster, holding CPUs the next test needs."""
+    import sqlite3
+
+    if not (home / "jobs.db").exists():
+        return
+    with sqlite3.connect(home / "jobs.db") as conn:
+        ours = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+    client = ray_jobs(address)
+    for job in client.list_jobs():
+        if job.submission_id and not job.status.is_terminal() and set((job.metadata or {}).values()) & ours:
+            client.stop_job(job.submission_id)
+
+
+DEFAULT_E2E_TIMEOUT_S = 1200
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e_timeout(seconds): fail an e2e test that runs longer (default 1200 s)")
+
+
+@pytest.fixture(autouse=True)
+def e2e_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every e2e test has a deadline: a hung cluster fails that test with a traceback instead of the session."""
+    import signal
+
+    marker = request.node.get_closest_marker("e2e_timeout")
+    seconds = int(marker.args[0]) if marker else DEFAULT_E2E_TIMEOUT_S
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"{request.node.nodeid} ran past its {seconds} s timeout")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def ray_jobs(address: str) -> Any:

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.control.cluster_address import cluster_totals
 from tests.e2e.conftest import REPO
+from tests.embedded_clusters import stop_embedded_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -34,4 +35,4 @@ def test_cluster_up_offers_the_gpus_it_is_told(tmp_path: Path) -> None:
         assert info["num_gpus"] == 2
         assert cluster_totals(info["dashboard_url"])["GPU"] == 2.0  # what the scheduler admits GPU jobs against
     finally:
-        orch("cluster", "down")
+        stop_embedded_cluster(tmp_path / "home", env)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from orchestrator.control.index import JobIndex
 from orchestrator.control.local_cluster import _pid_alive
 from orchestrator.control.scheduler import scheduler_running
 from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
+from tests.embedded_clusters import stop_embedded_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -43,10 +43,7 @@ def own(tmp_path: Path) -> Iterator[Orch]:
     try:
         yield orch
     finally:
-        info = _cluster(orch)
-        orch.run("cluster", "down", "--cancel", check=False, timeout=120)
-        if info and _pid_alive(info["pid"]):  # only ever the group this test started
-            os.killpg(info["pid"], signal.SIGKILL)
+        stop_embedded_cluster(home, env)
 
 
 def _cluster(orch: Orch) -> dict | None:

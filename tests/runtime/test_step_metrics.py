@@ -81,3 +81,25 @@ def test_a_damaged_metrics_line_is_skipped_not_fatal(tmp_path):
     store.put_bytes("metrics.jsonl", b'{"step": 1, "loss": 4.0}\n[1, 2]\n{"step": 2, "loss": 3.5}\n{"step": 3, "lo')
     assert read_jsonl(store) == [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.5}]
     assert read_jsonl(store, "missing.jsonl") == []
+
+
+def test_a_report_does_not_wait_for_a_stalled_store_and_the_final_write_has_every_row(tmp_path):
+    import threading
+
+    store = open_store(tmp_path.as_uri())
+    release = threading.Event()
+    real_put = store.put_bytes
+
+    def stalled_put(key: str, data: bytes) -> None:  # storage down: each write retries for a long time
+        release.wait(timeout=60)
+        real_put(key, data)
+
+    store.put_bytes = stalled_put  # type: ignore[method-assign]
+    log = MetricsLog(store, enabled=True, tensorboard=False)
+    log.add({"step": 1, "loss": 2.0}, flush=True, background=True)
+    log.add({"step": 2, "loss": 1.0}, flush=True, background=True)  # returns at once: training goes on
+    assert not (tmp_path / "metrics.jsonl").exists()
+    release.set()
+    log.add({"step": 2, "final": True, "loss": 1.0}, flush=True)  # waits for the write in flight, then writes
+    rows = read_jsonl(store)
+    assert [(r["step"], bool(r.get("final"))) for r in rows] == [(1, False), (2, False), (2, True)]

@@ -41,7 +41,8 @@ def _rows(store: ObjectStore, steps: range, final: bool = False) -> None:
 def _spec(uri: str, experiment: str) -> Any:
     return load_job_spec(EXAMPLES / "mlp-digits.yaml", {"tracking.mlflow.uri": uri,
                                                         "tracking.mlflow.experiment": experiment,
-                                                        "env.API_TOKEN": SECRET, "env.PLAIN": "visible"})
+                                                        "env.API_TOKEN": SECRET, "env.PLAIN": "also-secret",
+                                                        "public_env.MODE": "visible"})
 
 
 def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
@@ -71,8 +72,9 @@ def test_a_job_run_gets_params_metrics_by_step_tags_and_its_checkpoint_location(
     assert [(m.step, round(m.value, 6)) for m in history] == [(s, round(3.0 / s, 6)) for s in range(1, 7)]
     assert {m.key for m in mlflow_server.client().get_metric_history(run.info.run_id, "final_loss")} == {"final_loss"}
     params = run.data.params
-    assert params["train.steps"] == "300" and params["workload"] == "mlp" and params["env.PLAIN"] == "visible"
+    assert params["train.steps"] == "300" and params["workload"] == "mlp" and params["public_env.MODE"] == "visible"
     assert "env.API_TOKEN" not in params and SECRET not in json.dumps(params)
+    assert "also-secret" not in json.dumps(params)  # every env value is secret, whatever its name
     tags = run.data.tags
     assert tags["orch.job_id"] == "j-1" and tags["orch.storage_uri"] == store.uri
     assert tags["orch.checkpoints_uri"] == f"{store.uri}/checkpoints" and tags["orch.state"] == "SUCCEEDED"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.core.errors import OrchError
@@ -24,7 +25,9 @@ out = Console(highlight=False, soft_wrap=True)
 def _job(args: argparse.Namespace) -> Any:
     """The SDK handle of the job (or campaign) the command names."""
     from orchestrator.control.cli.client import client
+    from orchestrator.control.sdk.client import check_trial_id
 
+    check_trial_id(getattr(args, "trial", None), args.job)  # before the lookup: a path is refused whatever the id
     return client(args).job(args.job)
 
 
@@ -35,7 +38,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         return 0
     table = Table("STEP", "CREATED", "SIZE", "COMMITTED", "VERIFIED", "METRICS")
     for r in rows:
-        metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())
+        metrics = "  ".join(f"{k}={_number(v)}" for k, v in sorted(r["metrics"].items())
                             if k in ("loss", "eval_loss", "eval_accuracy"))
         table.add_row(str(r["step"]), r["created"] or "", human_size(r["size_bytes"]), _yes(r["committed"]),
                       _yes(r["verified"]), metrics)
@@ -55,7 +58,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _number(value: Any) -> str:
+    """A manifest's metric as written by anyone with storage access: a number, or shown escaped as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return escape(repr(value)[:40])
+
+
+def _load_input(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    import numpy as np
+
+    path = Path(raw)
+    if not path.is_file():
+        raise OrchError(f"--input {raw} does not exist or is not a file. Give a .npy array of (N, 64) digit "
+                        "features (numpy.save).")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise OrchError(f"--input {raw} is not a .npy array ({str(exc)[:120]}). Save the features with numpy.save "
+                        "as a (N, 64) array.") from None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.control.export import check_out_path
+
+    check_out_path(args.out)  # before the job is even looked up: a bad --out is the user's first thing to fix
     done = _job(args).export(args.out, step=args.step, trial=args.trial, safetensors=args.safetensors)
     out.print(f"Exported step {done.step} of {args.job}: {done.tensors} tensors, {done.parameters:,} parameters -> "
               f"{done.path}")
@@ -63,11 +92,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from orchestrator.control.export import choose_step, consolidated_state_dict
     from orchestrator.workloads import BUILTIN_WORKLOADS, load
 
+    features = _load_input(args.input)
     job = _job(args)
     spec, store = job.spec(args.trial), job.store(args.trial)
     workload = BUILTIN_WORKLOADS.get(spec.get("workload", ""))
@@ -79,8 +107,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         state = _load_exported(Path(args.model))
     else:
         state = consolidated_state_dict(store, choose_step(store, args.step))
-    features = np.load(args.input) if args.input else None
-    result: dict[str, Any] = {"job": args.job, **load(workload.predict)(spec, state, features)}
+    try:
+        result: dict[str, Any] = {"job": args.job, **load(workload.predict)(spec, state, features)}
+    except (ValueError, RuntimeError, TypeError) as exc:  # an --input (or --model) that does not fit the model
+        raise OrchError(f"The model of {args.job} cannot classify "
+                        f"{'--input ' + args.input if args.input else 'with --model ' + str(args.model)} "
+                        f"({str(exc)[:160]}). --input must be a (N, 64) array of raw digit "
+                        "features; --model a state dict exported from this job.") from None
     if args.json:
         print(json.dumps(result))
     else:
@@ -97,9 +130,14 @@ def _load_exported(path: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    import torch
+    from orchestrator.control import safe_load
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return safe_load.load_file(path, map_location="cpu")
+    except OrchError:
+        raise
+    except Exception as exc:  # not a torch file at all
+        raise OrchError(f"--model {path} is not a state dict saved by orch export ({str(exc)[:120]}).") from None
 
 
 def _yes(flag: bool) -> str:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.control.cli.client import client
+from orchestrator.control.cli.plain import plain, safe_str
 from orchestrator.control.cli.tables import print_id_table
 from orchestrator.core.errors import OrchError
 
@@ -51,8 +52,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not statuses:
         out.print("No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
         return 0
-    rows = [[s.id, s.kind, _state_text(s.state), str(s.metrics.get("step", "")), _fmt(s.metrics.get("loss")),
-             str(s.attempts), s.created_at] for s in statuses]
+    rows = [[plain(s.id), s.kind, _state_text(s.state), plain(s.metrics.get("step", "")),
+             plain(_fmt(s.metrics.get("loss"))), str(s.attempts), plain(s.created_at)] for s in statuses]
     print_id_table(out, ["ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED"], "ID", rows,
                    droppable=["CREATED", "ATTEMPTS", "KIND"])
     return 0
@@ -72,7 +73,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for key, value in status.as_dict().items():
         if key == "metrics":
             value = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(value.items()) if k != "time")
-        table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else str(value))
+        table.add_row(f"[bold]{key}[/]", _state_text(str(value)) if key == "state" else plain(value))
     out.print(table)
     return 0
 
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OrchError as exc:
-        err.print("[red]error:[/]", escape(str(exc)))
+        err.print("[red]error:[/]", escape(safe_str(exc)))
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

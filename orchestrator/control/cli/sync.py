@@ -9,6 +9,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator.control.cli.plain import plain, safe_str
 from orchestrator.control.cli.tables import print_id_table
 
 out = Console(highlight=False, soft_wrap=True)
@@ -31,11 +32,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
                           "skipped": result.skipped}, indent=2))
         return 0
     if result.added:
-        rows = [[rec.id, rec.state.value, str(rec.metrics.get("step", "")), _loss_text(rec.metrics.get("loss")),
-                 escape(rec.message)] for rec in result.added]
+        rows = [[plain(rec.id), rec.state.value, plain(rec.metrics.get("step", "")),
+                 _loss_text(rec.metrics.get("loss")), plain(rec.message)] for rec in result.added]
         print_id_table(out, ["ID", "STATE", "STEP", "LOSS", "MESSAGE"], "ID", rows)
     for job_id, why in result.skipped.items():
-        out.print(f"[yellow]skipped[/] {job_id}: {escape(why)}")
+        out.print(f"[yellow]skipped[/] {escape(safe_str(job_id))}: {escape(safe_str(why))}")
     out.print(f"Indexed {len(result.added)} job(s) from {len(dict.fromkeys(uris))} storage location(s); "
               f"{len(result.already_indexed)} were already indexed, {len(result.skipped)} skipped.")
     return 0

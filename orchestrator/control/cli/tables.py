@@ -12,15 +12,15 @@ from rich.text import Text
 GAP = 3  # characters between columns: padding 1 on each side and the (blank) rule; no outer edge
 
 
-def print_id_table(out: Console, headers: Sequence[str], id_header: str, rows: Sequence[Sequence[str]],
+def print_id_table(out: Console, headers: Sequence[str], id_header: str, rows: Sequence[Sequence[str | Text]],
                    droppable: Sequence[str] = (), title: str | None = None) -> None:
-    """Print `rows` (cells may hold rich markup) with the `id_header` column whole on every row.
+    """Print `rows` with the `id_header` column whole on every row (str cells may hold markup; Text is literal).
 
     Rich fits a wide table to the terminal by cutting cells with "…", ids included. Here, on a terminal too narrow
     for every column, the `droppable` columns go first (in that order, named in a note; `--json` has them all).
     What still does not fit is taken from headers and multi-word values (they wrap); single values (a state, a
     number, an id) keep their width. Only a terminal too narrow even for that folds the values too."""
-    cells = {h: [Text.from_markup(row[i]).plain for row in rows] for i, h in enumerate(headers)}
+    cells = {h: [_plain_text(row[i]) for row in rows] for i, h in enumerate(headers)}
     natural = {h: max([len(h), *(len(c) for c in cells[h])]) for h in headers}
     minimal = {h: max([1, *(len(word) for c in cells[h] for word in c.split())]) for h in headers}
     shown = list(headers)
@@ -52,6 +52,10 @@ def _fit(widths: dict[str, int], minimal: dict[str, int], id_header: str, room: 
                 break
             widths[max(slack, key=lambda h: widths[h] - floor[h])] -= 1
     return widths
+
+
+def _plain_text(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else Text.from_markup(cell).plain
 
 
 def _table_width(column_widths: list[int]) -> int:

@@ -18,6 +18,7 @@ the same messages the CLI prints. Nothing here imports torch or Ray until an ope
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,15 @@ if TYPE_CHECKING:
     from orchestrator.control.index import JobRecord
     from orchestrator.control.manager import JobManager
     from orchestrator.storage import ObjectStore
+
+TRIAL_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_trial_id(trial: str | None, campaign_id: str) -> None:
+    """A trial id names a folder in storage: never a path."""
+    if trial is not None and not TRIAL_ID.match(trial):
+        raise OrchError(f"--trial '{trial[:80]}' is not a trial id (letters, digits, '-', '_', '.'; no '/' or "
+                        f"'..'). See orch status {campaign_id} for the trial ids.")
 
 
 class Client:
@@ -59,6 +69,9 @@ class Client:
 
         `spec`: a YAML path, a mapping or a JobSpec; `overrides`: `{"train.steps": 40}` (dotted paths, as `--set`).
         `force` skips the memory admission check; `memory_per_worker_gb` sets the budget it checks against."""
+        from orchestrator.control.admission import check_budget
+
+        check_budget(memory_per_worker_gb)  # a bad budget is refused before anything is read or written
         job_spec = load_job_spec(spec, overrides)
         rec = self.manager.submit(job_spec, force=force, memory_per_worker_gb=memory_per_worker_gb)
         self._keep_queue_moving()
@@ -203,12 +216,12 @@ class Job:
                safetensors: bool | None = None) -> ExportResult:
         """One consolidated fp32 state dict from the ZeRO shards (default: the newest verified checkpoint).
         safetensors format when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
-        from orchestrator.control.export import choose_step, consolidated_state_dict, save_state_dict
+        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
 
+        out = check_out_path(str(path))  # before any work: never a directory, a device or a pipe
         store = self.store(trial)
         chosen = choose_step(store, step)
         state = consolidated_state_dict(store, chosen)
-        out = Path(path)
         use_st = safetensors if safetensors is not None else out.suffix == ".safetensors"
         save_state_dict(state, out, "safetensors" if use_st else "pt")
         return ExportResult(str(out), chosen, len(state), sum(t.numel() for t in state.values()))
@@ -296,6 +309,7 @@ class Campaign(Job):
         from orchestrator.core.run import read_spec, trial_key
         from orchestrator.storage import StorageError, open_store
 
+        check_trial_id(trial, self.id)
         store = open_store(self.record().storage_uri)
         if trial is None:
             trial = ((read_summary(store) or {}).get("best_trial") or {}).get("id")

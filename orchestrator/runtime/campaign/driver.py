@@ -46,25 +46,13 @@ def tune_storage(store: ObjectStore) -> tuple[str, Any]:
     """(storage_path, pyarrow filesystem or None) for Tune's experiment state inside the campaign store."""
     if isinstance(store, LocalStore):
         return str(store.root), None
-    from pyarrow import fs
-
+    from orchestrator.runtime.campaign.tune_fs import plain_keys_s3
     from orchestrator.storage.s3 import S3Store
 
     assert isinstance(store, S3Store)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        # Small files (all Tune writes) as one PutObject instead of a multipart upload, which some
-        # S3-compatible servers do not complete the way Arrow expects.
-        "allow_delayed_open": True,
-    }
-    if endpoint:
-        scheme, _, host = endpoint.rpartition("://")
-        options.update(endpoint_override=host, scheme=scheme or "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    return f"{store.bucket}/{store.prefix}".rstrip("/"), fs.S3FileSystem(**options)
+    # Not Arrow's S3FileSystem: it writes directory-marker keys, and Tune pickles the filesystem (with any keys
+    # given to it) into tuner.pkl and experiment_state in the bucket. This one holds the bucket name only.
+    return f"{store.bucket}/{store.prefix}".rstrip("/"), plain_keys_s3(store.bucket)
 
 
 class CampaignProgress(tune.Callback):
