@@ -231,6 +231,15 @@ class JobManager:
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
             ray.submit(submission_id, entrypoint, runtime_env,
                        metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})
+        except ClusterUnavailable as exc:
+            if rec.kind == "job":
+                # Ray could not take it for now (still starting, overloaded, unreachable): says nothing about the
+                # job. It stays QUEUED and a later tick submits it again under the same submission id.
+                self.db.update(rec.id, message=f"waiting for Ray to accept it: {exc}")
+                return False
+            self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
+                               finished_at=utc_now(), message=f"{exc} Continue it with: orch resume {rec.id}")
+            return False
         except OrchError as exc:
             self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
                                finished_at=utc_now(), message=str(exc))
@@ -260,12 +269,21 @@ class JobManager:
             # a lost driver and resubmitted.
             self.db.update(rec.id, cancel_requested=True)
             return CLUSTER_STOPPED, ""
+        embedded = self.local.was_embedded(rec.ray_address)
+        if embedded and not self._embedded_runs_at(rec.ray_address):
+            return None, CLUSTER_GONE  # a new embedded cluster gets new ports: that address never comes back
         try:
             return self.ray_for(rec.ray_address).status(ray_submission_id(rec))
         except (ClusterUnavailable, RuntimeError, OSError):  # OSError: requests' ConnectionError, a refused socket
-            if not self.local.was_embedded(rec.ray_address):
-                return UNREACHABLE, ""  # another cluster may be back later (its jobs still running); do not guess
-            return None, CLUSTER_GONE
+            if embedded and not self._embedded_runs_at(rec.ray_address):
+                return None, CLUSTER_GONE
+            # Transient errors were retried for ORCH_RAY_RETRY_S already; still no answer is an observation of
+            # nothing, never a verdict: the cluster may answer again with the job still running.
+            return UNREACHABLE, ""
+
+    def _embedded_runs_at(self, url: str) -> bool:
+        current = self.local.info()
+        return current is not None and current.dashboard_url == url
 
     def apply(self, rec: JobRecord, transition: Transition) -> JobRecord:
         """Act on a lifecycle decision for an active record."""
