@@ -29,6 +29,7 @@ from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtim
 from orchestrator.control.settings import db_path, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
 from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
+from orchestrator.core.resume_spec import resume_spec
 from orchestrator.core.run import (
     clear_result,
     count_attempts,
@@ -338,12 +339,22 @@ class JobManager:
         self.ray_for(rec.ray_address).stop(ray_submission_id(rec))
         return self.wait(job_id, timeout_s=60, poll_s=0.25)
 
-    def resume(self, job_id: str) -> JobRecord:
-        """Queue a FAILED or CANCELLED job again; its workers continue from the newest verified checkpoint."""
+    def resume(self, job_id: str, overrides: list[str] | tuple[str, ...] = ()) -> JobRecord:
+        """Queue a FAILED or CANCELLED job again; its workers continue from the newest verified checkpoint.
+
+        `overrides` (`--set`) may change how it is spread over workers (see core/resume_spec.py)."""
         rec = self.db.get(job_id)
         if rec.state not in (JobState.FAILED, JobState.CANCELLED):
             raise OrchError(f"Job {job_id} is {rec.state.value}; only FAILED or CANCELLED jobs can be resumed.")
+        spec = resume_spec(rec.spec, list(overrides), f"job {job_id} spec")[0] if overrides else None
         self.prepare_resume(rec)
+        if spec is not None:
+            url = self.db.get(job_id).ray_address
+            check_fits_totals(spec, cluster_totals(url), f"Job '{spec.name}'", "it could never start",
+                              "scaling.num_workers / scaling.cpus_per_worker")
+            need_cpu, need_gpu = worker_group_needs(spec)
+            write_spec(open_store(rec.storage_uri), spec.redacted())  # what the driver starts its workers from
+            self.db.update(job_id, spec_json=spec.redacted(), cpus=need_cpu, gpus=need_gpu)
         clear_result(open_store(rec.storage_uri))
         self.db.transition(job_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
         self.tick()
