@@ -39,3 +39,14 @@ def test_a_change_resume_cannot_make_is_refused_and_nothing_changes(manager) -> 
     after = manager.db.get(rec.id)
     assert after.state == JobState.CANCELLED and after.spec["scaling"]["num_workers"] == 2
     assert read_spec(open_store(after.storage_uri))["scaling"]["num_workers"] == 2
+
+
+def test_cli_resume_refuses_a_change_with_exit_2_and_no_traceback(manager, capsys) -> None:  # noqa: F811
+    from orchestrator.control import cli
+
+    rec = _cancelled(manager, "cli")
+    capsys.readouterr()
+    assert cli.main(["resume", rec.id, "--set", "model.n_layer=8"]) == 2
+    err = capsys.readouterr().err
+    assert "--set 'model.n_layer' cannot change on resume" in " ".join(err.split()) and "Traceback" not in err
+    assert manager.db.get(rec.id).state == JobState.CANCELLED

@@ -1,4 +1,4 @@
-"""Issue 15: a ZeRO checkpoint written by 2 workers resumes on another worker count (`orch resume JOB --set
+"""Issue 15: a ZeRO-1/2/3 checkpoint written by 2 workers resumes on another worker count (`orch resume JOB --set
 scaling.num_workers=N`): the workers reshard it through DeepSpeed's universal checkpoint, the global batch is kept
 by the gradient accumulation steps, and the loss curve continues as in an uninterrupted 2-worker run."""
 
@@ -23,13 +23,18 @@ def _losses(root) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in metrics_rows(root) if not r.get("final")}
 
 
-@pytest.mark.parametrize("stage", [3])
-def test_a_zero_checkpoint_of_2_workers_resumes_on_1_with_the_same_losses(orch, stage):
-    stage_set = f"deepspeed.zero_stage={stage}"
-    reference_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *SETTINGS, stage_set, "name=reference")
+# (ZeRO stage, workers to resume on, accumulation steps on 2 workers): 2 x 1 -> 1 x 2 and 2 x 3 -> 3 x 2 micro
+# batches per step, so the global batch stays the same.
+CASES = [(3, 1, 1), (3, 3, 3), (1, 1, 1), (2, 3, 3)]
+
+
+@pytest.mark.parametrize("stage, workers, accum", CASES, ids=[f"zero{s}-2to{w}" for s, w, _ in CASES])
+def test_a_zero_checkpoint_of_2_workers_resumes_on_another_count_with_the_same_losses(orch, stage, workers, accum):
+    stage_set = (f"deepspeed.zero_stage={stage}", f"deepspeed.gradient_accumulation_steps={accum}")
+    reference_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *SETTINGS, *stage_set, "name=reference")
     reference = _losses(orch.storage / "jobs" / reference_id)
 
-    job_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *SETTINGS, stage_set, "name=reshard", wait=False)
+    job_id, _ = orch.submit("jobs/examples/gpt-zero3.yaml", *SETTINGS, *stage_set, "name=reshard", wait=False)
     root = orch.storage / "jobs" / job_id
 
     def checkpointed() -> bool:
@@ -42,15 +47,17 @@ def test_a_zero_checkpoint_of_2_workers_resumes_on_1_with_the_same_losses(orch, 
     assert last_committed < STEPS
     manifest_files = sorted(p.name for p in (root / "checkpoints" / f"step-{last_committed:06d}").rglob("*"))
 
-    proc = orch.run("resume", job_id, "--set", "scaling.num_workers=1", "--wait", timeout=900)
-    assert "gradient_accumulation_steps 1 -> 2: the global batch stays 2 micro batches" in proc.stderr
+    proc = orch.run("resume", job_id, "--set", f"scaling.num_workers={workers}", "--wait", timeout=900)
+    micro_batches = 2 * accum
+    assert (f"gradient_accumulation_steps {accum} -> {micro_batches // workers}: the global batch stays "
+            f"{micro_batches} micro batches") in proc.stderr
     assert "SUCCEEDED" in proc.stderr, proc.stderr
     status = orch.status(job_id)
     assert status["state"] == "SUCCEEDED" and status["metrics"]["step"] == STEPS
     tries = attempts(root)
     assert len(tries) == 2 and tries[1]["restored_step"] == last_committed
     logs = orch.run("logs", job_id).stdout
-    assert f"resharding checkpoint step {last_committed} from 2 to 1 workers" in logs
+    assert f"resharding checkpoint step {last_committed} from 2 to {workers} workers" in logs
     # The committed checkpoint it resumed from is as it was (conversion happens on the workers' copies).
     assert sorted(p.name for p in (root / "checkpoints" / f"step-{last_committed:06d}").rglob("*")) == manifest_files
     assert orch.run("verify", job_id, check=False).returncode == 0
