@@ -31,6 +31,7 @@ from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtim
 from orchestrator.control.settings import db_path, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
 from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
+from orchestrator.core.resume_spec import resume_spec
 from orchestrator.core.run import (
     clear_result,
     count_attempts,
@@ -244,6 +245,16 @@ class JobManager:
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
             ray.submit(submission_id, entrypoint, runtime_env,
                        metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})
+        except ClusterUnavailable as exc:
+            if rec.kind == "job":
+                # Ray could not take it for now (still starting, overloaded, unreachable): says nothing about the
+                # job. It stays QUEUED and a later tick submits it again under the same submission id.
+                self.db.update(rec.id, message=f"waiting for Ray to accept it: {exc}")
+                return False
+            if self.db.transition(rec.id, JobState.QUEUED, JobState.FAILED, submissions=submissions,
+                                  finished_at=utc_now(), message=f"{exc} Continue it with: orch resume {rec.id}"):
+                job_secrets.drop(self.secrets_dir, rec.id)
+            return False
         except Exception as exc:  # whatever Ray (or the spec) raises fails this job, never the whole queue
             message = str(exc) if isinstance(exc, OrchError) else (
                 f"Could not hand the job to Ray ({type(exc).__name__}: {exc}). Fix the cause and run "
@@ -277,12 +288,21 @@ class JobManager:
             # a lost driver and resubmitted.
             self.db.update(rec.id, cancel_requested=True)
             return CLUSTER_STOPPED, ""
+        embedded = self.local.was_embedded(rec.ray_address)
+        if embedded and not self._embedded_runs_at(rec.ray_address):
+            return None, CLUSTER_GONE  # a new embedded cluster gets new ports: that address never comes back
         try:
             return self.ray_for(rec.ray_address).status(ray_submission_id(rec))
         except (ClusterUnavailable, RuntimeError, OSError):  # OSError: requests' ConnectionError, a refused socket
-            if not self.local.was_embedded(rec.ray_address):
-                return UNREACHABLE, ""  # another cluster may be back later (its jobs still running); do not guess
-            return None, CLUSTER_GONE
+            if embedded and not self._embedded_runs_at(rec.ray_address):
+                return None, CLUSTER_GONE
+            # Transient errors were retried for ORCH_RAY_RETRY_S already; still no answer is an observation of
+            # nothing, never a verdict: the cluster may answer again with the job still running.
+            return UNREACHABLE, ""
+
+    def _embedded_runs_at(self, url: str) -> bool:
+        current = self.local.info()
+        return current is not None and current.dashboard_url == url
 
     def apply(self, rec: JobRecord, transition: Transition) -> JobRecord:
         """Act on a lifecycle decision for an active record."""
@@ -337,12 +357,22 @@ class JobManager:
         self.ray_for(rec.ray_address).stop(ray_submission_id(rec))
         return self.wait(job_id, timeout_s=60, poll_s=0.25)
 
-    def resume(self, job_id: str) -> JobRecord:
-        """Queue a FAILED or CANCELLED job again; its workers continue from the newest verified checkpoint."""
+    def resume(self, job_id: str, overrides: list[str] | tuple[str, ...] = ()) -> JobRecord:
+        """Queue a FAILED or CANCELLED job again; its workers continue from the newest verified checkpoint.
+
+        `overrides` (`--set`) may change how it is spread over workers (see core/resume_spec.py)."""
         rec = self.db.get(job_id)
         if rec.state not in (JobState.FAILED, JobState.CANCELLED):
             raise OrchError(f"Job {job_id} is {rec.state.value}; only FAILED or CANCELLED jobs can be resumed.")
+        spec = resume_spec(rec.spec, list(overrides), f"job {job_id} spec")[0] if overrides else None
         self.prepare_resume(rec)
+        if spec is not None:
+            url = self.db.get(job_id).ray_address
+            check_fits_totals(spec, cluster_totals(url), f"Job '{spec.name}'", "it could never start",
+                              "scaling.num_workers / scaling.cpus_per_worker")
+            need_cpu, need_gpu = worker_group_needs(spec)
+            write_spec(open_store(rec.storage_uri), spec.redacted())  # what the driver starts its workers from
+            self.db.update(job_id, spec_json=spec.redacted(), cpus=need_cpu, gpus=need_gpu)
         clear_result(open_store(rec.storage_uri))
         self.db.transition(job_id, rec.state, JobState.QUEUED, finished_at=None, message="resumed")
         self.tick()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers
+from orchestrator.control.ray_retry import RayTransientError, call_with_retry, transient_reason
 from orchestrator.control.settings import extensions_dir
 from orchestrator.core.errors import OrchError
 from orchestrator.core.secrets import SECRETS_FILE_ENV
@@ -27,6 +28,7 @@ FORWARDED_ENV = (
 )
 # Settings that name files or profiles on this machine: meaningful only to a cluster running on it.
 SAME_MACHINE_ENV = ("AWS_PROFILE", "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "ORCH_HOME")
+T = TypeVar("T")
 
 
 def job_runtime_env(use_gpu: bool, secrets_file: Path | None, extra_env: dict[str, str],
@@ -64,11 +66,17 @@ def driver_entrypoint(module: str, id_flag: str, record_id: str, store_uri: str,
 
 
 class RayJobs:
-    """A thin wrapper over Ray's JobSubmissionClient with our error messages."""
+    """A thin wrapper over Ray's JobSubmissionClient with our error messages.
+
+    Every call retries transient errors (connection refused or dropped, timeouts, 5xx, "try again later") for
+    up to ORCH_RAY_RETRY_S seconds (see ray_retry.py). Once a call has spent that whole budget, later calls in
+    the same process try once until one succeeds: a cluster that is down is not waited for again per job.
+    """
 
     def __init__(self, dashboard_url: str):
         self.url = dashboard_url
         self._client: Any = None
+        self._down = False
 
     @property
     def client(self) -> Any:
@@ -78,47 +86,87 @@ class RayJobs:
             try:
                 self._client = JobSubmissionClient(self.url, headers=auth_headers(self.url) or None)
             except Exception as exc:  # Ray raises ConnectionError/RuntimeError variants here
-                raise ClusterUnavailable(f"Cannot reach the Ray Jobs API at {self.url}: {exc}. Check --address "
-                                         "or ORCH_RAY_ADDRESS and that the cluster is up.") from None
+                error = ClusterUnavailable(f"Cannot reach the Ray Jobs API at {self.url}: {exc}. Check --address "
+                                           "or ORCH_RAY_ADDRESS and that the cluster is up.")
+                error.transient = transient_reason(exc) is not None  # e.g. not a 404: no Ray there to wait for
+                raise error from None
         return self._client
+
+    def _call(self, call: Callable[[], T], what: str) -> T:
+        try:
+            result = call_with_retry(call, f"{what} at {self.url}", budget_s=0.0 if self._down else None)
+        except RayTransientError:
+            self._down = True
+            raise
+        self._down = False
+        return result
 
     def submit(self, submission_id: str, entrypoint: str, runtime_env: dict[str, Any],
                metadata: dict[str, str]) -> None:
+        def submit_once() -> None:
+            try:
+                self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                                       runtime_env=runtime_env, metadata=metadata, entrypoint_num_cpus=0)
+            except RuntimeError as exc:
+                # "already exists": a retried launch (or a retry of a submission whose answer was lost): Ray
+                # already has it, never run it twice.
+                if "already exists" not in str(exc):
+                    raise
+
         try:
-            self.client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                   runtime_env=runtime_env, metadata=metadata, entrypoint_num_cpus=0)
+            self._call(submit_once, f"submitting {submission_id}")
+        except ClusterUnavailable:
+            raise  # transient or unreachable: the job stays queued and is submitted again later
         except RuntimeError as exc:
-            if "already exists" in str(exc):
-                return  # a retried launch: Ray already has it, never run it twice
             raise OrchError(f"Ray refused job {submission_id}: {exc}") from None
 
     def status(self, submission_id: str) -> tuple[str | None, str]:
         """(Ray status name or None if Ray does not know the job, Ray's message)."""
-        try:
-            info = self.client.get_job_info(submission_id)
-        except RuntimeError as exc:
-            if "does not exist" in str(exc) or "404" in str(exc):
-                return None, ""
-            raise
-        return info.status.value, info.message or ""
+        def status_once() -> tuple[str | None, str]:
+            try:
+                info = self.client.get_job_info(submission_id)
+            except RuntimeError as exc:
+                if "does not exist" in str(exc) or "404" in str(exc):
+                    return None, ""
+                raise
+            return info.status.value, info.message or ""
+
+        return self._call(status_once, f"asking for the status of {submission_id}")
 
     def stop(self, submission_id: str) -> None:
-        try:
-            self.client.stop_job(submission_id)
-        except RuntimeError as exc:
-            if "does not exist" not in str(exc):
-                raise
+        def stop_once() -> None:
+            try:
+                self.client.stop_job(submission_id)
+            except RuntimeError as exc:
+                if "does not exist" not in str(exc):
+                    raise
+
+        self._call(stop_once, f"stopping {submission_id}")
 
     def logs(self, submission_id: str) -> str:
-        return self.client.get_job_logs(submission_id)
+        return self._call(lambda: self.client.get_job_logs(submission_id), f"reading the logs of {submission_id}")
 
     def follow_logs(self, submission_id: str) -> Iterator[str]:
         import asyncio
 
-        # tail_job_logs is async; a tiny loop turns it into a blocking iterator for the CLI.
+        # tail_job_logs is async; a tiny loop turns it into a blocking iterator for the CLI. Connecting (up to
+        # the first chunk) is retried; a stream that breaks later ends with its error, not with lines repeated.
         loop = asyncio.new_event_loop()
         try:
-            agen = self.client.tail_job_logs(submission_id)
+            agen: Any = None
+
+            def first_chunk() -> str | None:
+                nonlocal agen
+                agen = self.client.tail_job_logs(submission_id)
+                try:
+                    return loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return None
+
+            chunk = self._call(first_chunk, f"following the logs of {submission_id}")
+            if chunk is None:
+                return
+            yield chunk
             while True:
                 try:
                     yield loop.run_until_complete(agen.__anext__())

@@ -40,6 +40,7 @@ from orchestrator.runtime.checkpoint_writer import (
     restore_candidates,
 )
 from orchestrator.runtime.host_memory import pin_mmap_threshold
+from orchestrator.runtime.reshard import convert_to_universal, saved_world_size, universal_config
 from orchestrator.runtime.shm_buffers import release_own_buffer, sweep_stale_buffers
 from orchestrator.runtime.step_metrics import health_metrics
 from orchestrator.storage import open_store
@@ -126,6 +127,7 @@ class WorkerContext:
         self.metrics = MetricsLog(self.store, enabled=self.rank == 0)
         self._window = ThroughputWindow()
         self.engine: Any = None
+        self._restore_plan: tuple[list[int], int | None] | None = None
         torch.manual_seed(spec.train.seed)
         np.random.seed(spec.train.seed % 2**32)
         random.seed(spec.train.seed)
@@ -147,9 +149,14 @@ class WorkerContext:
 
         optimizer = build_optimizer(model, self.spec, self.device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=self.lr_multiplier)
+        config = build_deepspeed_config(self.spec, self.world_size)
+        # Whether the checkpoint to restore was written by another number of workers decides how this engine
+        # loads (DeepSpeed reads `load_universal` from the config it was built with), so it is asked first.
+        self._restore_plan = self._plan_restore()
+        if self._restore_plan[1] not in (None, self.world_size):
+            config = universal_config(config)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler,
-            config=build_deepspeed_config(self.spec, self.world_size),
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
         )
         if dist.is_initialized():  # every rank has mapped its peers' shm buffers: their names can go
             dist.barrier()
@@ -192,6 +199,11 @@ class WorkerContext:
 
     # ---- data and randomness ---------------------------------------------------------------------------
     def generator(self, step: int, micro: int = 0, split: str = "train") -> torch.Generator:
+        if split == "train":
+            # Keyed by the micro batch's place in the global batch, not by (rank, micro): a job resumed on another
+            # worker count with the same global batch (workers x accumulation) trains on the same samples.
+            # With no accumulation this is (0, rank), the key it always had.
+            return data_generator(self.spec.train.seed, step, 0, micro * self.world_size + self.rank, split)
         return data_generator(self.spec.train.seed, step, micro, self.rank, split)
 
     def should_eval(self, step: int) -> bool:
@@ -206,17 +218,38 @@ class WorkerContext:
         return tensor.item() / self.world_size
 
     # ---- restore ---------------------------------------------------------------------------------------
+    def _plan_restore(self) -> tuple[list[int], int | None]:
+        """(committed steps to try, newest first; the world size that wrote the newest, None if none)."""
+        plan: tuple[list[int], int | None] = ([], None)
+        if self.rank == 0:
+            candidates = restore_candidates(self.store)
+            plan = (candidates, saved_world_size(self.store, candidates[0]) if candidates else None)
+        return self._broadcast(plan)  # every rank must load the same step, the same way
+
     def restore(self, engine: Any) -> int:
-        """Load the newest verified checkpoint (model, optimizer, LR schedule, RNG). Returns its step, or 0."""
-        candidates = restore_candidates(self.store) if self.rank == 0 else []
-        candidates = self._broadcast(candidates)  # every rank must load the same step
+        """Load the newest verified checkpoint (model, optimizer, LR schedule, RNG). Returns its step, or 0.
+
+        One written by another number of workers is resharded for this one (see reshard.py)."""
+        candidates, saved_world = self._restore_plan or self._plan_restore()
+        universal = bool(engine.load_universal_checkpoint())
+        if saved_world not in (None, self.world_size) and not universal:
+            raise RuntimeError(f"checkpoint step {candidates[0]} was written by {saved_world} workers; to load it "
+                               f"on {self.world_size}, build the engine with WorkerContext.build_engine")
         restored_step = 0
         for step in candidates:
             root = download_for_load(self.store, step, self.local_root, self.rank)
             if self._all_ranks(root is not None):
-                _, client_state = engine.load_checkpoint(str(root), tag=checkpoints.step_tag(step))
+                tag = checkpoints.step_tag(step)
+                load_root = root
+                if universal:
+                    if self.rank == 0:
+                        print(f"orch: resharding checkpoint step {step} from {saved_world} to {self.world_size} "
+                              "workers (DeepSpeed universal checkpoint)", flush=True)
+                    load_root = convert_to_universal(root / tag)
+                _, client_state = engine.load_checkpoint(str(load_root), tag=tag)
                 self._set_rng(client_state["rng"])
                 shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(load_root, ignore_errors=True)
                 restored_step = step
                 break
         self.metrics.resume_from(restored_step)

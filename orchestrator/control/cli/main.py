@@ -19,7 +19,7 @@ from rich.table import Table
 from orchestrator.control.cli.client import client
 from orchestrator.control.cli.plain import plain, safe_str
 from orchestrator.control.cli.tables import print_id_table
-from orchestrator.core.errors import OrchError
+from orchestrator.core.errors import OrchError, SpecError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -96,8 +96,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if job.record().kind == "campaign":
         from orchestrator.control.cli.campaigns import resume_campaign_cmd
 
+        if args.set:
+            raise SpecError(f"--set applies to resuming a job; {args.job} is a campaign, whose trials resume as "
+                            "they were. Resume it without --set.")
+
         return resume_campaign_cmd(orch, job, args)
-    status = job.resume()
+    sets = args.set or []
+    if sets:
+        from orchestrator.core.resume_spec import resume_spec
+
+        # Checked here first, so the user sees what else follows from the change (kept global batch, resharding).
+        for note in resume_spec(job.record().spec, sets, f"job {args.job} spec")[1]:
+            err.print(f"Resuming with {note}.")
+    status = job.resume(sets)
     if not args.wait:
         err.print(f"Resumed {status.id} ({status.state}); it continues from its newest verified checkpoint.")
         print(status.id)
@@ -165,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p = add("resume", cmd_resume, "Resume a failed or cancelled job from its newest verified checkpoint.")
     p.add_argument("job")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change how it is spread over workers, "
+                   "e.g. scaling.num_workers=4 (the checkpoint is resharded for them)")
     p.add_argument("--wait", action="store_true")
     p = add("cluster", cmd_cluster, "Manage the embedded local Ray cluster.")
     p.add_argument("action", choices=["up", "down", "status"])

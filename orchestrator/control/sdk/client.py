@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.control.sdk.specs import Overrides, SpecSource, load_campaign, load_job_spec
+from orchestrator.control.sdk.specs import Overrides, SpecSource, load_campaign, load_job_spec, override_pairs
 from orchestrator.control.sdk.types import BestTrial, CheckpointInfo, ExportResult, JobStatus, Trial, VerifyResult
 from orchestrator.core.errors import OrchError
 
@@ -160,9 +160,12 @@ class Job:
     def cancel(self) -> JobStatus:
         return self.client._status(self._manager.cancel(self.id))
 
-    def resume(self) -> JobStatus:
-        """Queue a FAILED or CANCELLED job again; it continues from its newest verified checkpoint."""
-        rec = self._manager.resume(self.id)
+    def resume(self, overrides: Overrides = None) -> JobStatus:
+        """Queue a FAILED or CANCELLED job again; it continues from its newest verified checkpoint.
+
+        `overrides` may change how it is spread over workers, e.g. `{"scaling.num_workers": 1}`: the checkpoint
+        is resharded for the new count and the global batch kept where the accumulation steps allow."""
+        rec = self._manager.resume(self.id, override_pairs(overrides))
         self.client._keep_queue_moving()
         return self.client._status(rec)
 
