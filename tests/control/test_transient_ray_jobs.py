@@ -57,7 +57,10 @@ def test_status_polls_that_keep_failing_leave_the_job_running(manager, flaky) ->
 
 
 def test_on_the_embedded_cluster_still_running_a_failing_poll_is_no_verdict(manager, flaky) -> None:  # noqa: F811
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    # Stands in for this home's Ray head: a process group leader whose command line is a head's on port 2
+    # (local_cluster only trusts cluster.json's pid when it is).
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "ray.scripts.scripts", "--head",
+                             "--port", "2"], start_new_session=True)
     try:
         local = manager.local
         local.dir.mkdir(parents=True, exist_ok=True)
