@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, status, best, wall))
     metric = rows[0][1]["metric"]
     print(f"| strategy | state | trials | stopped early | best {metric} | best trial's steps | total training steps "
-          "| wall time |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| steps after stop decisions | wall time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, status, best, wall in rows:
         value = "-" if best.get("value") is None else f"{best['value']:.4f}"
         stopped = sum(t["early_stopped"] for t in status["trials"])
         print(f"| {label} | {status['state']} | {len(status['trials'])} | {stopped} | {value} | "
-              f"{best.get('step', '-')} | {status['total_steps']} | {wall:.0f} s |")
+              f"{best.get('step', '-')} | {status['total_steps']} | {status.get('steps_after_stop', 0)} | "
+              f"{wall:.0f} s |")
     asha_steps, full_steps = rows[0][1]["total_steps"], rows[1][1]["total_steps"]
     if full_steps:
         print(f"\nASHA spent {asha_steps / full_steps:.0%} of the training steps of random search with full budgets "
