@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,19 @@ def choose_step(store: ObjectStore, step: int | None) -> int:
     return step
 
 
+@contextmanager
+def _env_default(name: str, value: str) -> Iterator[None]:
+    """`name`=`value` in os.environ for the block, unless it is already set; then as it was."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
     import torch
 
@@ -46,9 +61,10 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
         with safe_load.weights_only_loads():
             try:
                 if any(n.startswith("zero_pp_rank_") for n in names):
-                    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # consolidation is pure CPU work
+                    # Consolidation is pure CPU work. Set only for the call: in an SDK user's process the variable
+                    # would otherwise stay, and reach every process started from it.
                     # DeepSpeed prints its progress and notices; never on our stdout, and only with --verbose.
-                    with library_output():
+                    with _env_default("DS_ACCELERATOR", "cpu"), library_output():
                         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
                         state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)

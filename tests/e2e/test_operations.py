@@ -160,7 +160,8 @@ def test_logs_are_plain_per_rank_and_errors_come_first(orch: Orch, tmp_path: Pat
 
 
 def test_estimate_json_prints_nothing_but_its_json(tmp_path: Path) -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}, "ORCH_HOME": str(tmp_path)}
+    # A user's environment: none of ours, and no DS_ACCELERATOR (set, DeepSpeed has no notice to print).
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "DS_"))}, "ORCH_HOME": str(tmp_path)}
     proc = subprocess.run(f"{sys.executable} -m orchestrator estimate jobs/examples/gpt-zero3.yaml --json "
                           "2>&1 >/dev/null", shell=True, cwd=REPO, env=env, text=True, capture_output=True,
                           timeout=120)

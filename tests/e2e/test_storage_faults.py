@@ -38,6 +38,12 @@ def _logged_step(orch, job_id: str) -> int:
     return int(steps[-1]) if steps else 0
 
 
+def _faulted_uploads(proxy: FaultProxy, bucket: str) -> set[str]:
+    """Keys of checkpoint objects whose upload requests the proxy answered with an error."""
+    return {urlsplit(path).path.split(f"/{bucket}/", 1)[-1] for method, path in list(proxy.faulted)
+            if method in ("PUT", "POST") and "/checkpoints/step-" in path}
+
+
 def test_passing_outage_is_retried_and_training_continues(orch, s3_server, proxied_s3):
     proxy, bucket, env = proxied_s3
     env = {**env, "ORCH_STORAGE_RETRIES": "8"}  # backoff spans ~25 s or more: longer than the outage
@@ -49,9 +55,12 @@ def test_passing_outage_is_retried_and_training_continues(orch, s3_server, proxi
     at_start = wait_for(lambda: _logged_step(orch, job_id), timeout=60, what="a logged step")
     proxy.mode = "error"  # every request answers 503
     try:
-        # Training goes on while storage is down: steps advance during the outage (bounded: a short outage).
-        during = wait_for(lambda: (step := _logged_step(orch, job_id)) >= at_start + 2 and step, timeout=5,
+        # Training goes on while storage is down: steps advance during the outage, and the outage lasts until it
+        # has hit a checkpoint upload (every 10 steps), still well within the uploads' retry budget.
+        during = wait_for(lambda: (step := _logged_step(orch, job_id)) >= at_start + 2 and step, timeout=30,
                           what="steps during the outage", poll_s=0.2)
+        wait_for(lambda: _faulted_uploads(proxy, bucket), timeout=60, what="a checkpoint upload during the outage",
+                 poll_s=0.2)
     finally:
         proxy.mode = "ok"
     assert during >= at_start + 2
@@ -60,8 +69,7 @@ def test_passing_outage_is_retried_and_training_continues(orch, s3_server, proxi
     status = json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)
     assert status["state"] == "SUCCEEDED", status["message"]
     # The outage hit checkpoint uploads, and each of those uploads was retried until its object was stored.
-    uploads = {urlsplit(path).path.split(f"/{bucket}/", 1)[-1] for method, path in proxy.faulted
-               if method in ("PUT", "POST") and "/checkpoints/step-" in path}
+    uploads = _faulted_uploads(proxy, bucket)
     assert uploads, proxy.faulted[:20]
     stored = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
               for o in page.get("Contents", [])}
