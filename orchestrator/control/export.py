@@ -6,17 +6,14 @@ with DeepSpeed's own consolidation code, on CPU, without starting any distribute
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from orchestrator.control import safe_load
 from orchestrator.core import checkpoints
 from orchestrator.core.errors import NotFoundError, OrchError
-from orchestrator.core.noise import library_output
+from orchestrator.core.noise import deepspeed_quietly_on_cpu
 from orchestrator.storage import ObjectStore
 
 
@@ -37,19 +34,6 @@ def choose_step(store: ObjectStore, step: int | None) -> int:
     return step
 
 
-@contextmanager
-def _env_default(name: str, value: str) -> Iterator[None]:
-    """`name`=`value` in os.environ for the block, unless it is already set; then as it was."""
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
     import torch
 
@@ -61,10 +45,8 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
         with safe_load.weights_only_loads():
             try:
                 if any(n.startswith("zero_pp_rank_") for n in names):
-                    # Consolidation is pure CPU work. Set only for the call: in an SDK user's process the variable
-                    # would otherwise stay, and reach every process started from it.
                     # DeepSpeed prints its progress and notices; never on our stdout, and only with --verbose.
-                    with _env_default("DS_ACCELERATOR", "cpu"), library_output():
+                    with deepspeed_quietly_on_cpu():
                         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
                         state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)

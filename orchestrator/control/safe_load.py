@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.errors import OrchError
+from orchestrator.core.noise import deepspeed_quietly_on_cpu
 
 # "module:attribute" of every non-tensor type a DeepSpeed checkpoint of ours holds.
 ALLOWED_GLOBALS = (
@@ -42,12 +43,13 @@ def allowed_globals() -> list[Any]:
     import numpy as np
 
     found: list[Any] = []
-    for entry in ALLOWED_GLOBALS:
-        module, name = entry.split(":")
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):  # another DeepSpeed version: it cannot have stored this type
-            continue
+    with deepspeed_quietly_on_cpu():  # importing DeepSpeed detects an accelerator and says so on stdout
+        for entry in ALLOWED_GLOBALS:
+            module, name = entry.split(":")
+            try:
+                found.append(getattr(importlib.import_module(module), name))
+            except (ImportError, AttributeError):  # another DeepSpeed version: it cannot have stored this type
+                continue
     reconstruct = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core")
                                           else "numpy.core.multiarray")._reconstruct
     found += [np.ndarray, np.dtype, reconstruct]

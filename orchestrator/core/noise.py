@@ -46,6 +46,23 @@ def library_output() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def deepspeed_quietly_on_cpu() -> Iterator[None]:
+    """Around importing or calling DeepSpeed in an operator's command (export, predict, checkpoint loading): CPU
+    work, so DS_ACCELERATOR=cpu for the block unless the caller set one (set only for the block: in an SDK user's
+    process it would otherwise stay, and reach every process started from it), and its output as library_output."""
+    import os
+
+    preset = "DS_ACCELERATOR" in os.environ
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        with library_output():
+            yield
+    finally:
+        if not preset:
+            os.environ.pop("DS_ACCELERATOR", None)
+
+
 def silence_known_worker_warnings() -> None:
     for message, category in KNOWN_WORKER_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
