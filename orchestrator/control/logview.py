@@ -93,6 +93,7 @@ class LogFilter:
     hidden_warnings: int = 0  # repeats left out: warnings shown once per job, Ray actors' repeated lines
     _warnings_seen: set[str] = field(default_factory=set)
     _actor_lines_seen: set[str] = field(default_factory=set)
+    _marks_seen: set[str] = field(default_factory=set)
     _skip_context_of: int | None = -1  # pid whose next indented line is a hidden warning's source line
     _started: bool = False
 
@@ -105,6 +106,13 @@ class LogFilter:
         """The line to show (with `[rank N] ` in front of a worker's line), or None to hide it."""
         self.learn(raw)
         line = parse_line(raw)
+        if STEP_MARK.match(line.text):
+            # Ray's log can carry a worker's line twice, the copies interleaved with later ones; a dated step
+            # line is unique by construction (step and time), so a second copy is that, never a new report.
+            key = f"{line.pid} {line.text}"
+            if key in self._marks_seen:
+                return None
+            self._marks_seen.add(key)
         if self.since is not None and not self._started:
             self._started = _mark_reached(line.text, self.since)
             if not self._started:

@@ -89,6 +89,16 @@ def test_since_step_and_since_time() -> None:
     assert list(LogFilter(since=Since(step=21)).run(LOG.splitlines())) == []
 
 
+def test_a_step_line_ray_logged_twice_shows_once_and_since_never_goes_back() -> None:
+    # Seen in Ray's job log: each of a worker's lines twice, the copies interleaved with later lines.
+    step = "(RayTrainWorker pid=7875) orch: step {n}/20 loss 2.2 (2026-12-04T18:27:{n:02d}+00:00)"
+    doubled = [*LOG.splitlines()[:6], *(step.format(n=n) for n in (2, 4, 2, 4, 6, 6))]
+    shown = list(LogFilter().run(doubled))
+    assert [line.split("orch: step ")[1][:4] for line in shown if "orch: step" in line] == ["2/20", "4/20", "6/20"]
+    since = list(LogFilter(since=Since(step=4)).run(doubled))
+    assert [line.split("orch: step ")[1][:4] for line in since] == ["4/20", "6/20"]
+
+
 def test_parse_since() -> None:
     now = datetime(2026, 1, 2, 10, 0, tzinfo=timezone.utc)
     assert parse_since("120") == Since(step=120)
