@@ -160,10 +160,12 @@ class JobIndex:
         raise AssertionError("unreachable")
 
     def _write(self, sql: str, params: Iterable[Any]) -> int:
-        return self._retrying(lambda conn: conn.execute(sql, tuple(params)).rowcount)
+        values = tuple(params)  # once: a retry must bind the same values, whatever iterable was given
+        return self._retrying(lambda conn: conn.execute(sql, values).rowcount)
 
     def _read(self, sql: str, params: Iterable[Any]) -> list[sqlite3.Row]:
-        return self._retrying(lambda conn: conn.execute(sql, tuple(params)).fetchall())
+        values = tuple(params)
+        return self._retrying(lambda conn: conn.execute(sql, values).fetchall())
 
     def insert(self, rec: JobRecord) -> None:
         placeholders = ",".join("?" for _ in _COLUMNS)

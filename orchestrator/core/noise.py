@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -51,8 +52,6 @@ def deepspeed_quietly_on_cpu() -> Iterator[None]:
     """Around importing or calling DeepSpeed in an operator's command (export, predict, checkpoint loading): CPU
     work, so DS_ACCELERATOR=cpu for the block unless the caller set one (set only for the block: in an SDK user's
     process it would otherwise stay, and reach every process started from it), and its output as library_output."""
-    import os
-
     preset = "DS_ACCELERATOR" in os.environ
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
