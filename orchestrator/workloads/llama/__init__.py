@@ -1,0 +1,1 @@
+"""Llama-architecture causal LM pretraining (built from `transformers`, nothing downloaded)."""
