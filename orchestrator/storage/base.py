@@ -70,6 +70,12 @@ def check_prefix(prefix: str) -> str:
     return check_key(prefix) if prefix else ""
 
 
+def check_range(start: int, length: int) -> None:
+    """A byte range's start and length must be whole and non-negative (a programming error otherwise)."""
+    if start < 0 or length < 0:
+        raise ValueError(f"byte range start={start}, length={length}: both must be >= 0")
+
+
 def join_key(*parts: str) -> str:
     """Join prefixes/keys with '/', skipping empty ones."""
     return "/".join(part for part in parts if part)
@@ -87,6 +93,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object; raises NotFound if it does not exist."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read `length` bytes of an object from byte `start`: fewer at its end, none at or past it; raises
+        NotFound if it does not exist. Streaming readers fetch only what they use this way."""
 
     @abstractmethod
     def put_file(self, key: str, path: str | Path) -> None:

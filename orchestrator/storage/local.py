@@ -24,6 +24,7 @@ from orchestrator.storage.base import (
     StorageError,
     check_key,
     check_prefix,
+    check_range,
 )
 
 # In-progress writes are named ".<name>.<random>.orch-tmp" and never listed.
@@ -129,6 +130,13 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         with self._errors("read", key):
             return path.read_bytes()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        check_range(start, length)
+        path = self._path(key)
+        with self._errors("read", key), open(path, "rb") as f:
+            f.seek(start)
+            return f.read(length)
 
     def put_file(self, key: str, path: str | Path) -> None:
         dest = self._path(key)

@@ -38,6 +38,7 @@ from orchestrator.storage.base import (
     StorageError,
     check_key,
     check_prefix,
+    check_range,
     join_key,
 )
 from orchestrator.storage.local import atomic_write
@@ -268,6 +269,26 @@ class S3Store(ObjectStore):
         return self._call(
             "read", key, lambda: self._client().get_object(Bucket=self.bucket, Key=full)["Body"].read()
         )
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        check_range(start, length)
+        if length == 0:
+            return b""
+        full = self._full_key(key)
+
+        def ranged() -> bytes:
+            try:
+                response = self._client().get_object(Bucket=self.bucket, Key=full,
+                                                     Range=f"bytes={start}-{start + length - 1}")
+            except ClientError as exc:
+                # A range that starts at or past the end is "unsatisfiable" (416); a missing key still answers 404.
+                if _error_code(exc) == "InvalidRange" or _http_status(exc) == 416:
+                    return b""
+                raise
+            return response["Body"].read()
+
+        # Like get_bytes, the body is read inside the retried call, so a connection dropped mid-range is retried.
+        return self._call("read", key, ranged)
 
     def put_file(self, key: str, path: str | Path) -> None:
         full = self._full_key(key)

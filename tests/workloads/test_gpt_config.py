@@ -32,7 +32,8 @@ def test_d_model_must_split_into_heads():
         (GPTModelConfig, "dropout", -0.1),
         (GPTDataConfig, "val_fraction", 0.0),
         (GPTDataConfig, "val_fraction", 1.0),
-        (GPTDataConfig, "path", "tokens.txt"),
+        (GPTDataConfig, "path", ""),
+        (GPTDataConfig, "path", "/"),
     ],
 )
 def test_bad_values_name_their_field(cls, field, value):
@@ -44,6 +45,12 @@ def test_bad_values_name_their_field(cls, field, value):
 @pytest.mark.parametrize("path", [None, "tokens.bin", "/data/tokens.npy", "s3://bucket/corpus/train.bin"])
 def test_token_file_paths(path):
     assert GPTDataConfig(path=path).path == path
+
+
+@pytest.mark.parametrize(("path", "kept"), [("/data/owt", "/data/owt"), ("s3://bucket/owt/", "s3://bucket/owt"),
+                                            ("file:///data/owt", "file:///data/owt")])
+def test_prepared_dataset_paths(path, kept):
+    assert GPTDataConfig(path=path).path == kept
 
 
 @pytest.mark.parametrize(

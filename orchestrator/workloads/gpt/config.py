@@ -25,17 +25,21 @@ class GPTModelConfig(BaseModel):
 class GPTDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # None: the corpus shipped in orchestrator/workloads/gpt/corpus. Otherwise a token file, local path or s3:// URI:
-    # .bin = uint16 little-endian token ids (nanoGPT format), .npy = a 1-D integer array.
-    path: str | None = Field(None, description="uint16 .bin or .npy token file (path or s3://); default: corpus")
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="tail of the tokens held out for evaluation")
+    # None: the corpus shipped in orchestrator/workloads/gpt/corpus. A path or s3:// URI ending .bin (uint16
+    # little-endian token ids, nanoGPT format) or .npy (a 1-D integer array) is one token file, read whole; any
+    # other names a dataset `orch data prepare` wrote (orchestrator/core/token_shards.py), streamed in order.
+    path: str | None = Field(None, description="prepared dataset (directory or s3:// prefix), or a uint16 .bin or "
+                             ".npy token file (path or s3://); default: the bundled corpus")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="tail of a token file held out for evaluation "
+                                "(a prepared dataset holds out its val shards)")
 
     @field_validator("path")
     @classmethod
-    def _known_format(cls, path: str | None) -> str | None:
-        if path is not None and not path.endswith((".bin", ".npy")):
-            raise ValueError(f"token file must end in .bin (uint16 LE) or .npy, got {path!r}")
-        return path
+    def _not_empty(cls, path: str | None) -> str | None:
+        if path is not None and not path.strip().rstrip("/"):
+            raise ValueError("data.path is empty: name a prepared dataset or a .bin/.npy token file, or leave it "
+                             "out for the bundled corpus")
+        return path.rstrip("/") if path is not None else None
 
 
 def param_count(cfg: GPTModelConfig) -> int:

@@ -8,8 +8,8 @@ import torch
 
 from orchestrator.workloads.dist import mean_across_ranks
 from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
-from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
 from orchestrator.workloads.gpt.model import GPT
+from orchestrator.workloads.lm_data import LMData, open_lm_data
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -18,16 +18,13 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def evaluate(
-    ctx: WorkerContext, engine: DeepSpeedEngine, dataset: TokenDataset, seq_len: int, step: int
-) -> dict[str, float]:
+def evaluate(ctx: WorkerContext, engine: DeepSpeedEngine, data: LMData, step: int) -> dict[str, float]:
     """Mean val loss over eval_batches batches per rank, averaged across ranks."""
     engine.eval()
-    generator = ctx.generator(step, split="val")
     total = 0.0
     # Same number of forward passes on every rank: under ZeRO-3 each one gathers parameters collectively.
-    for _ in range(ctx.spec.train.eval_batches):
-        x, y = dataset.batch(generator, ctx.spec.deepspeed.micro_batch_size, seq_len, "val")
+    for i in range(ctx.spec.train.eval_batches):
+        x, y = data.batch(step, i, ctx.spec.deepspeed.micro_batch_size, "val")
         _, loss = engine(x.to(ctx.device), y.to(ctx.device))
         total += loss.item()
     engine.train()
@@ -38,7 +35,7 @@ def train(ctx: WorkerContext) -> dict[str, float]:
     model_cfg = GPTModelConfig(**ctx.spec.model)
     data_cfg = GPTDataConfig(**ctx.spec.data)
     train_cfg, ds_cfg = ctx.spec.train, ctx.spec.deepspeed
-    dataset = TokenDataset(load_tokens(data_cfg, model_cfg.vocab_size, ctx.read_bytes), data_cfg.val_fraction)
+    data = open_lm_data(data_cfg, model_cfg.seq_len, model_cfg.vocab_size, ctx)
 
     with ctx.model_init():
         model = GPT(
@@ -55,20 +52,21 @@ def train(ctx: WorkerContext) -> dict[str, float]:
         lr = engine.get_lr()[0]  # read before engine.step() advances the schedule: the lr this step uses
         loss = 0.0
         for micro in range(accum):
-            x, y = dataset.batch(ctx.generator(step, micro), ds_cfg.micro_batch_size, model_cfg.seq_len)
+            x, y = data.batch(step, micro, ds_cfg.micro_batch_size)
             _, micro_loss = engine(x.to(ctx.device), y.to(ctx.device))
             engine.backward(micro_loss)
             engine.step()  # DeepSpeed only steps the optimizer after the last of the `accum` micro batches
             loss += micro_loss.item() / accum  # this rank's loss, as nanoGPT logs it; eval is cross-rank
         metrics = {"loss": loss, "lr": lr, "tokens": accum * ds_cfg.micro_batch_size * model_cfg.seq_len}
+        metrics |= data.metrics(step)
         if ctx.should_eval(step):
-            evals, evaluated_at = evaluate(ctx, engine, dataset, model_cfg.seq_len, step), step
+            evals, evaluated_at = evaluate(ctx, engine, data, step), step
             metrics |= evals
         ctx.after_step(engine, step, metrics)
 
     # Report the final model's eval loss even when the last step fell between eval points, or a resumed run
     # found nothing left to do.
     if evaluated_at != train_cfg.steps:
-        evals = evaluate(ctx, engine, dataset, model_cfg.seq_len, train_cfg.steps)
+        evals = evaluate(ctx, engine, data, train_cfg.steps)
     # Averaged across ranks like the loss after_step reports, so the final number matches the last report.
     return ctx.finish({**mean_across_ranks({"final_loss": loss}, ctx.device), **evals})
