@@ -145,7 +145,8 @@ class RangeShards:
     def windows(self, shard: np.ndarray, start: np.ndarray, length: int) -> np.ndarray:
         size = self.dtype.itemsize
         spans = [(i, s * size, (s + length) * size) for i, s in zip(shard.tolist(), start.tolist(), strict=True)]
-        needed = {(i, b) for i, lo, hi in spans for b in range(lo // self.block_bytes, (hi - 1) // self.block_bytes + 1)}
+        block = self.block_bytes
+        needed = {(i, b) for i, lo, hi in spans for b in range(lo // block, (hi - 1) // block + 1)}
         # This batch's blocks stay referenced here even if the cache is smaller than one batch needs.
         have = {block: data for block in needed if (data := self.cache.get(block)) is not None}
         missing = sorted(needed - have.keys())
