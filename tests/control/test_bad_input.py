@@ -178,6 +178,20 @@ def test_local_storage_path_is_a_file(home, tmp_path, capsys):
     refused(capsys, home, ["submit", MLP, "--set", f"storage={blocker}/runs"], "is not a directory")
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_data_path_that_was_never_prepared(home, tmp_path, capsys, where, request):
+    """A prepared dataset without index.json (never prepared, or unfinished) is refused before anything runs."""
+    if where == "local":
+        path = tmp_path / "half-prepared"
+        (path / "shards").mkdir(parents=True)
+        (path / "shards" / "00000-00000.bin").write_bytes(b"\0\0")
+        path = str(path)
+    else:
+        path = request.getfixturevalue("s3_env") + "/corpus"
+    refused(capsys, home, ["submit", GPT, "--set", f"data.path={path}"],
+            f"field 'data.path': {path} holds no index.json", "orch data prepare")
+
+
 def test_s3_endpoint_not_answering(home, s3_env, monkeypatch, capsys, s3_server: S3Server):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("ORCH_STORAGE_RETRIES", "1")

@@ -70,9 +70,11 @@ class Client:
         `spec`: a YAML path, a mapping or a JobSpec; `overrides`: `{"train.steps": 40}` (dotted paths, as `--set`).
         `force` skips the memory admission check; `memory_per_worker_gb` sets the budget it checks against."""
         from orchestrator.control.admission import check_budget
+        from orchestrator.control.data_check import check_prepared_data
 
         check_budget(memory_per_worker_gb)  # a bad budget is refused before anything is read or written
         job_spec = load_job_spec(spec, overrides)
+        check_prepared_data(job_spec.data)  # a dataset never prepared (or unfinished) is refused before anything runs
         rec = self.manager.submit(job_spec, force=force, memory_per_worker_gb=memory_per_worker_gb)
         self._keep_queue_moving()
         return Job(self, rec.id)
