@@ -7,13 +7,16 @@ ever built. The global sample position a rank reads at (step, micro, i) is a pur
 slot in the global batch and the batch shape, so ranks never overlap and a resumed job reads on at exactly the
 sequence the interrupted one would have, with no reader state in its checkpoints.
 
-Each rank reads only the sequences it takes: a local dataset through read-only memory maps (the page cache
-holds what was touched, not the process), a remote one through ranged reads with a small bounded block cache.
+Each rank reads only the sequences it takes: a local dataset by positional reads of each window (the kernel's
+page cache holds what was touched, not the process), a remote one by ranged reads through a small bounded block
+cache. So a worker's memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -92,20 +95,41 @@ class SplitLayout:
         return shard, (seq - self.offsets[shard]) * self.seq_len
 
 
-class MmapShards:
-    """Local shards as read-only memory maps, opened on first use."""
+class LocalShards:
+    """Local shards read by positional reads of exactly each window.
+
+    Not memory maps: every page of a map a process touches stays in its resident set, so over an epoch a
+    rank's RSS would grow to the dataset's size. pread copies only the window; the kernel's page cache (shared,
+    reclaimable) is what keeps hot shards fast.
+    """
+
+    MAX_OPEN = 64  # open shard files kept per split; a dataset may have thousands
 
     def __init__(self, root: Path, shards: Sequence[Shard], dtype: str):
         self.paths, self.dtype = [root / s.key for s in shards], np.dtype(dtype)
-        self._maps: dict[int, np.memmap] = {}
+        self._files: OrderedDict[int, int] = OrderedDict()
+
+    def _fd(self, shard: int) -> int:
+        fd = self._files.get(shard)
+        if fd is None:
+            fd = self._files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            if len(self._files) > self.MAX_OPEN:
+                os.close(self._files.popitem(last=False)[1])
+        self._files.move_to_end(shard)
+        return fd
 
     def windows(self, shard: np.ndarray, start: np.ndarray, length: int) -> np.ndarray:
+        size = self.dtype.itemsize
         out = np.empty((len(shard), length), dtype=np.int64)
         for row, (i, s) in enumerate(zip(shard.tolist(), start.tolist(), strict=True)):
-            if i not in self._maps:
-                self._maps[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r")
-            out[row] = self._maps[i][s:s + length]
+            raw = os.pread(self._fd(i), length * size, s * size)
+            out[row] = np.frombuffer(raw, dtype=self.dtype, count=length)
         return out
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class BlockCache:
@@ -194,7 +218,7 @@ class TokenStream:
                     f"tokens (its shards hold {index.tokens(split)} tokens); prepare more data"
                     + (" with a validation share" if split == "val" else "") + " or lower model.seq_len.")
         self.sources = {
-            split: (MmapShards(store.root, layout.shards, index.dtype) if isinstance(store, LocalStore)
+            split: (LocalShards(store.root, layout.shards, index.dtype) if isinstance(store, LocalStore)
                     else RangeShards(store, layout.shards, index.dtype, block_bytes, cache_bytes))
             for split, layout in self.layouts.items()
         }

@@ -105,7 +105,7 @@ def test_validation_is_deterministic_per_eval_step_and_disjoint_across_ranks(loc
     assert not set(a.sequence_ids(10, 0, 2, "val").tolist()) & set(b.sequence_ids(10, 0, 2, "val").tolist())
 
 
-def test_range_reads_match_the_memory_map_through_a_bounded_cache(local: str, tmp_path: Path) -> None:
+def test_range_reads_match_local_reads_through_a_bounded_cache(local: str, tmp_path: Path) -> None:
     mapped = stream(local)
     ranged = TokenStream(mapped.index, _NotLocal(open_store(local)), SEQ, seed=7, block_bytes=64, cache_bytes=256)
     source = ranged.sources["train"]
@@ -157,3 +157,14 @@ class _NotLocal:
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self._store.get_range(key, start, length)
+
+
+def test_local_reads_keep_a_bounded_number_of_files_open(local: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.workloads.token_stream import LocalShards
+
+    expected = [stream(local).windows(step, 0, 4) for step in range(1, 9)]
+    monkeypatch.setattr(LocalShards, "MAX_OPEN", 1)
+    s = stream(local)
+    for step in range(1, 9):
+        np.testing.assert_array_equal(s.windows(step, 0, 4), expected[step - 1])
+        assert len(s.sources["train"]._files) == 1  # type: ignore[union-attr]
