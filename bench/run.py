@@ -26,6 +26,8 @@ IN_PROCESS = {
 SCRIPTS = {
     "memory": ("ZeRO memory: measured vs estimator vs the 16/N bytes-per-parameter rule", "bench.bench_memory"),
     "tuning": ("Tuning efficiency: ASHA vs random search", "bench.bench_tuning"),
+    "data_stream": ("Streaming prepared datasets: worker memory (100 MB vs 2 GB) and data loading's share of step "
+                    "time", "bench.bench_data_stream"),
 }
 
 
