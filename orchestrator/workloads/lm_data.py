@@ -13,6 +13,7 @@ so a resumed run sees exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -54,12 +55,36 @@ def _split_windows(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class StreamedData:
+    """A prepared dataset's batches, each train batch read while the model trains on the one before.
+
+    The order is a pure function of the step, so the next micro batch is known and its (ranged) reads overlap
+    the current forward/backward. One thread at a time touches the stream: a batch waits for any read ahead.
+    """
+
     def __init__(self, stream: TokenStream, micro_batch_size: int):
         self.stream, self.micro_batch_size = stream, micro_batch_size
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="orch-read-ahead")
+        self._ahead: tuple[tuple[int, int, int, str], Future[np.ndarray]] | None = None
 
     def batch(self, step: int, micro: int, batch_size: int,
               split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-        return _split_windows(self.stream.windows(step, micro, batch_size, split))
+        key = (step, micro, batch_size, split)
+        windows = None
+        if self._ahead is not None:
+            ahead_key, future = self._ahead
+            try:
+                ready = future.result()
+            except Exception:  # read again below, where a lasting error is raised in the loop's own thread
+                ready, self._ahead = None, None
+            if ahead_key == key:
+                windows, self._ahead = ready, None
+        if windows is None:
+            windows = self.stream.windows(*key)
+        if split == "train":
+            following = (step, micro + 1) if micro + 1 < self.stream.accumulation else (step + 1, 0)
+            ahead = (*following, batch_size, split)
+            self._ahead = (ahead, self._pool.submit(self.stream.windows, *ahead))
+        return _split_windows(windows)
 
     def metrics(self, step: int) -> dict[str, float]:
         return {"epoch": round(self.stream.epoch(step, self.micro_batch_size), 6)}

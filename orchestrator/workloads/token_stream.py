@@ -267,7 +267,8 @@ def open_stream(path: str, seq_len: int, vocab_size: int, **kwargs: int) -> Toke
 
 def _check_shards(store: ObjectStore, index: DatasetIndex, path: str) -> None:
     """Every shard the index lists is there with its full size: one listing, not one request per shard."""
-    sizes = {info.key: info.size for info in store.list("shards")}
+    folders = {shard.key.rpartition("/")[0] for shard in index.shards}  # "shards" in prepare's layout
+    sizes = {info.key: info.size for folder in folders for info in store.list(folder)}
     for shard in index.shards:
         want = shard.tokens * itemsize(index.dtype)
         if sizes.get(shard.key) != want:

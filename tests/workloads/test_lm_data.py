@@ -54,3 +54,19 @@ def test_a_prepared_dataset_streams_with_epochs(tmp_path: Path) -> None:
     assert data.metrics(5) == {"epoch": 2.0}  # 10 train sequences, 4 a step (2 ranks x 2)
     vx, _ = data.batch(1, 0, 2, "val")
     assert (vx >= 200).all()  # from the val shard only
+
+
+def test_reading_ahead_changes_no_batch(tmp_path: Path) -> None:
+    path = tmp_path / "ds"
+    write_prepared(open_store(str(path)), [("train", np.arange(1601) % 300), ("val", np.arange(200, 233))], 300)
+    ctx = fake_ctx(tmp_path)
+    ctx.spec.deepspeed.gradient_accumulation_steps = 2
+    data, plain = (open_lm_data(GPTDataConfig(path=str(path)), 16, 512, ctx) for _ in range(2))
+    assert isinstance(plain, StreamedData)
+    # In the loop's order, with evaluations between and a jump (a resume) in the middle.
+    calls = [(1, 0, "train"), (1, 1, "train"), (2, 0, "train"), (2, 0, "val"), (2, 1, "val"), (2, 1, "train"),
+             (7, 0, "train"), (7, 1, "train"), (8, 0, "train")]
+    for step, micro, split in calls:
+        expected = plain.stream.windows(step, micro, 2, split)
+        x, y = data.batch(step, micro, 2, split)
+        assert torch.equal(x, torch.from_numpy(expected[:, :-1])) and torch.equal(y, torch.from_numpy(expected[:, 1:]))
