@@ -193,7 +193,9 @@ def estimate(spec: JobSpec, num_workers: int | None = None) -> Estimate:
     act, how = activation_bytes(spec)
     components.append(Component("activations", act, "device", how))
     components += _buffers(spec, params, largest, n)
-    components.append(Component("runtime", RUNTIME_BYTES, "host", "torch + DeepSpeed + Ray worker process"))
+    extra = builtin_workload(spec).runtime_bytes
+    components.append(Component("runtime", RUNTIME_BYTES + extra, "host", "torch + DeepSpeed + Ray worker process"
+                                + (f" + the {spec.workload} workload's libraries" if extra else "")))
     tokens_per_step = units_per_micro * ds.gradient_accumulation_steps * n
     return Estimate(workload=spec.workload, params=params, num_workers=n, zero_stage=ds.zero_stage,
                     precision=ds.precision, components=components, flops_per_token=flops_per_unit,

@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from orchestrator.workloads.facts import ActivationMemory, ModelFacts
 from orchestrator.workloads.gpt import config as gpt_config
 from orchestrator.workloads.gpt import facts as gpt_facts
+from orchestrator.workloads.llama import config as llama_config
+from orchestrator.workloads.llama import facts as llama_facts
 from orchestrator.workloads.mlp import config as mlp_config
 from orchestrator.workloads.mlp import facts as mlp_facts
 
@@ -37,6 +39,7 @@ class Workload:
     probe: str  # "module:function" (spec) -> (model, batch()) for `orch estimate --probe`; imports torch
     predict: str | None = None  # "module:function" (spec, state dict, features|None) -> result for `orch predict`
     activation_checkpointing: bool = False  # whether deepspeed.activation_checkpointing means anything to it
+    runtime_bytes: int = 0  # resident memory its worker-side imports add to a worker's runtime (e.g. transformers)
 
 
 def load(entrypoint: str) -> Any:
@@ -56,6 +59,19 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
         metrics=("loss", "eval_loss"),
         probe="orchestrator.workloads.gpt.model:probe_setup",
         activation_checkpointing=True,
+    ),
+    "llama": Workload(
+        name="llama",
+        entrypoint="orchestrator.workloads.llama.train:train",
+        model_config=llama_config.LlamaModelConfig,
+        data_config=gpt_config.GPTDataConfig,  # the same token data as gpt
+        model_facts=llama_facts.model_facts,
+        activation_memory=llama_facts.activation_memory,
+        metrics=("loss", "eval_loss"),
+        probe="orchestrator.workloads.llama.model:probe_setup",
+        activation_checkpointing=True,
+        # transformers' modeling code in every worker: the llama example's peak RSS minus the gpt example's.
+        runtime_bytes=75 * 2**20,
     ),
     "mlp": Workload(
         name="mlp",
