@@ -33,7 +33,8 @@ the whole run; ZeRO-1/2 allocate it for each backward pass. A GPU pays for the w
 the pages gradients are written to become resident: min(bucket, P). ZeRO-3 also holds the parameters it
 gathers for forward and backward, at most `stage3_max_live_parameters` elements in the parameters' dtype.
 Activations are estimated per micro batch (see `activation_bytes`); the runtime line is the resident
-memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists.
+memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists, plus what the
+workload's own libraries add (the registry's `runtime_bytes`: transformers for llama).
 """
 
 from __future__ import annotations
