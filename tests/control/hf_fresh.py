@@ -24,9 +24,13 @@ for job in jobs:
     with torch.no_grad():
         out = model(ids, labels=ids)
     texts = job.get("texts", [])
+    if "targets" in job:  # next-token targets, as a training loop scores them
+        targets = torch.tensor(job["targets"])
+        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
     results[job["dir"]] = {
         "class": type(model).__name__,
-        "logits": out.logits.tolist(),
+        "logits": out.logits.tolist() if job.get("logits", True) else None,
+        "target_loss": nll.item() if "targets" in job else None,
         "loss": out.loss.item(),
         "encoded": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
         "decoded": [tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts],
@@ -39,7 +43,8 @@ print(json.dumps(results))
 
 
 def load_in_fresh_process(jobs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    """Each job: {"dir", "ids" (batch of token id lists), "texts"}; returns per dir the logits, loss, tokenizer use."""
+    """Each job: {"dir", "ids" (batch of token id lists), "texts", optional "targets" and "logits": false};
+    returns per dir the logits, loss (and target_loss: cross-entropy against targets), tokenizer use."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "jobs.json").write_text(json.dumps(jobs))
     (workdir / "load.py").write_text(SCRIPT)
