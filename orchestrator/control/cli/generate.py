@@ -11,7 +11,8 @@ from orchestrator.core.errors import NotFoundError, OrchError
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from orchestrator.control.generate import check_model_dir, check_sampling, generate_from_dir
+    from orchestrator.control.generate import check_model_dir, check_sampling
+    from orchestrator.control.sdk import generate_from_dir
 
     check_sampling(args.prompt, args.max_new_tokens, args.temperature, args.top_k)
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
