@@ -185,3 +185,19 @@ def test_checkpoint_not_matching_the_spec_is_refused_and_nothing_written(tmp_pat
     with pytest.raises(OrchError, match="blocks.1.attn.c_attn.weight"):
         export_hf(spec, state, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("prefix_of", [
+    lambda k: k,  # LlamaForCausalLM itself
+    lambda k: "module." + k,  # a wrapper around it
+    lambda k: k.replace("model.", "body.", 1) if k.startswith("model.") else k,  # a wrapper of LlamaModel + head
+])
+def test_llama_keys_found_through_a_wrapper_prefix(prefix_of) -> None:
+    from orchestrator.workloads.llama.hf import llama_plan
+
+    spec = llama_spec()
+    plain = llama_plan(spec, set(), None)
+    state_keys = {prefix_of(t.name) for t in plain.tensors}
+    plan = llama_plan(spec, state_keys, None)
+    assert {t.source for t in plan.tensors} == state_keys
+    assert all(t.source == prefix_of(t.name) for t in plan.tensors)

@@ -171,8 +171,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--step", type=int, help="default: the newest verified checkpoint")
     p.add_argument("--out", required=True, help="the file to write (--format hf: a new or empty directory)")
     p.add_argument("--format", help="pt (torch.save), safetensors, or hf: a directory transformers loads "
-                   "(AutoModelForCausalLM / AutoTokenizer.from_pretrained); default: pt, or safetensors for a "
-                   ".safetensors --out")
+                   "(AutoModelForCausalLM / AutoTokenizer.from_pretrained); default: pt, or safetensors with "
+                   "--safetensors")
     p.add_argument("--max-shard-size", metavar="SIZE", help="--format hf: the largest safetensors file (default "
                    "5GB; e.g. 500MB); bigger models are split, with model.safetensors.index.json")
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of torch.save")
