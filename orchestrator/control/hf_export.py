@@ -116,8 +116,12 @@ def export_hf(spec: dict[str, Any], state: dict[str, Any], out: Path,
             out.rmdir()  # empty (checked): the rename below needs the name free
         tmp.rename(out)
     except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise OrchError(f"--out {out} cannot be written ({exc.strerror or exc}). Give a path in a directory you "
                         "can write.") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a refusal (or Ctrl-C) leaves nothing behind
+        raise
     return HFExport(str(out), len(plan.tensors), parameters, shards)
 
 

@@ -201,3 +201,17 @@ def test_llama_keys_found_through_a_wrapper_prefix(prefix_of) -> None:
     plan = llama_plan(spec, state_keys, None)
     assert {t.source for t in plan.tensors} == state_keys
     assert all(t.source == prefix_of(t.name) for t in plan.tensors)
+
+
+def test_a_refusal_while_writing_leaves_nothing(tmp_path: Path) -> None:
+    from orchestrator.control.hf_tokenizer import byte_level_tokenizer
+    from orchestrator.core.token_shards import DatasetIndex
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "tokenizer.json").write_text(byte_level_tokenizer().to_str())
+    (dataset / "index.json").write_bytes(DatasetIndex(256, "<u2", 999, ()).to_json())  # eos_id not in the vocab
+    spec = {**gpt_spec(), "data": {"path": str(dataset)}}
+    with pytest.raises(OrchError, match="eos_id 999"):
+        export_hf(spec, consolidated(our_gpt(spec)), tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
