@@ -37,6 +37,8 @@ class Workload:
     probe: str  # "module:function" (spec) -> (model, batch()) for `orch estimate --probe`; imports torch
     predict: str | None = None  # "module:function" (spec, state dict, features|None) -> result for `orch predict`
     activation_checkpointing: bool = False  # whether deepspeed.activation_checkpointing means anything to it
+    # "module:function" (spec, state-dict keys, eos id|None) -> HFPlan for `orch export --format hf` (causal LMs)
+    hf_export: str | None = None
 
 
 def load(entrypoint: str) -> Any:
@@ -56,6 +58,7 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
         metrics=("loss", "eval_loss"),
         probe="orchestrator.workloads.gpt.model:probe_setup",
         activation_checkpointing=True,
+        hf_export="orchestrator.workloads.gpt.hf:gpt2_plan",
     ),
     "mlp": Workload(
         name="mlp",
