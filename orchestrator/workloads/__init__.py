@@ -40,6 +40,8 @@ class Workload:
     predict: str | None = None  # "module:function" (spec, state dict, features|None) -> result for `orch predict`
     activation_checkpointing: bool = False  # whether deepspeed.activation_checkpointing means anything to it
     runtime_bytes: int = 0  # resident memory its worker-side imports add to a worker's runtime (e.g. transformers)
+    # "module:function" (spec, state-dict keys, eos id|None) -> HFPlan for `orch export --format hf` (causal LMs)
+    hf_export: str | None = None
 
 
 def load(entrypoint: str) -> Any:
@@ -59,6 +61,7 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
         metrics=("loss", "eval_loss"),
         probe="orchestrator.workloads.gpt.model:probe_setup",
         activation_checkpointing=True,
+        hf_export="orchestrator.workloads.gpt.hf:gpt2_plan",
     ),
     "llama": Workload(
         name="llama",
@@ -72,6 +75,7 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
         activation_checkpointing=True,
         # transformers' modeling code in every worker: the llama example's peak RSS minus the gpt example's.
         runtime_bytes=75 * 2**20,
+        hf_export="orchestrator.workloads.llama.hf:llama_plan",
     ),
     "mlp": Workload(
         name="mlp",

@@ -28,6 +28,7 @@ from orchestrator.control.sdk.types import BestTrial, CheckpointInfo, ExportResu
 from orchestrator.core.errors import OrchError
 
 if TYPE_CHECKING:
+    from orchestrator.control.generate import Generation
     from orchestrator.control.index import JobRecord
     from orchestrator.control.manager import JobManager
     from orchestrator.storage import ObjectStore
@@ -216,18 +217,61 @@ class Job:
         return results
 
     def export(self, path: str | os.PathLike, step: int | None = None, trial: str | None = None,
-               safetensors: bool | None = None) -> ExportResult:
+               safetensors: bool | None = None, format: str | None = None,
+               max_shard_size: str | int | None = None) -> ExportResult:
         """One consolidated fp32 state dict from the ZeRO shards (default: the newest verified checkpoint).
-        safetensors format when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
-        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
 
+        `format`: "pt" (torch.save), "safetensors", or "hf": a directory transformers loads by itself (config,
+        safetensors shards of at most `max_shard_size`, default 5GB, and the tokenizer). Without it: safetensors
+        when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
+        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
+        from orchestrator.control.hf_export import check_format
+
+        fmt = check_format(format, max_shard_size)
+        if fmt == "hf":
+            return self._export_hf(path, step, trial, max_shard_size)
         out = check_out_path(str(path))  # before any work: never a directory, a device or a pipe
         store = self.store(trial)
         chosen = choose_step(store, step)
         state = consolidated_state_dict(store, chosen)
-        use_st = safetensors if safetensors is not None else out.suffix == ".safetensors"
+        use_st = fmt == "safetensors" if fmt else (safetensors if safetensors is not None
+                                                   else out.suffix == ".safetensors")
         save_state_dict(state, out, "safetensors" if use_st else "pt")
         return ExportResult(str(out), chosen, len(state), sum(t.numel() for t in state.values()))
+
+    def _export_hf(self, path: str | os.PathLike, step: int | None, trial: str | None,
+                   max_shard_size: str | int | None) -> ExportResult:
+        from orchestrator.control.export import choose_step, consolidated_state_dict
+        from orchestrator.control.hf_export import (
+            DEFAULT_MAX_SHARD_SIZE,
+            check_exportable,
+            check_out_dir,
+            export_hf,
+            parse_shard_size,
+        )
+
+        out = check_out_dir(str(path))
+        size = parse_shard_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+        store, spec = self.store(trial), self.spec(trial)
+        check_exportable(spec)  # an mlp job, or a config with no transformers equivalent: before any download
+        chosen = choose_step(store, step)
+        done = export_hf(spec, consolidated_state_dict(store, chosen), out, size)
+        return ExportResult(done.path, chosen, done.tensors, done.parameters, done.shards)
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None, step: int | None = None,
+                 trial: str | None = None) -> Generation:
+        """Continue `prompt` with the job's model: exported with format "hf" to a temporary directory, then
+        sampled with transformers' generate (`seed` makes it reproducible, temperature 0 is greedy)."""
+        import tempfile
+
+        from orchestrator.control.generate import check_sampling, generate_from_dir
+
+        check_sampling(prompt, max_new_tokens, temperature, top_k)
+        with tempfile.TemporaryDirectory(prefix="orch-generate-") as tmp:
+            model_dir = Path(tmp) / "model"
+            self.export(model_dir, step=step, trial=trial, format="hf")
+            return generate_from_dir(model_dir, prompt, max_new_tokens, temperature, top_k, seed)
 
     def logs(self, follow: bool = False, rank: int | None = None) -> str | Iterator[str]:
         """The driver's and workers' log, worker lines tagged `[rank N]`, without colour codes: the whole text,
