@@ -1,6 +1,6 @@
 """The llama workload through the CLI: a tiny LlamaForCausalLM under ZeRO-3 bf16 on 2 workers learns, evaluates,
-commits checkpoints whose consolidated weights load into transformers as they are, and its workers' peak memory is
-what `orch estimate` predicted."""
+commits checkpoints whose consolidated weights load into transformers as they are (and export as a Hugging Face
+directory), and its workers' peak memory is what `orch estimate` predicted."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from orchestrator.runtime.worker import data_generator
 from orchestrator.workloads.gpt.config import GPTDataConfig
 from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
 from orchestrator.workloads.llama.config import LlamaModelConfig, hf_config_kwargs
+from tests.control.hf_fresh import load_in_fresh_process
 from tests.e2e.conftest import REPO, committed_steps, metrics_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(600)]
@@ -61,13 +62,23 @@ def test_llama_zero3_trains_checkpoints_and_fits_its_estimate(orch, tmp_path):
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
     model.eval()
     dataset = TokenDataset(load_tokens(data_cfg, model_cfg.vocab_size, read_bytes=None), data_cfg.val_fraction)
-    replayed = []
+    xs, ys = [], []
+    for rank in (0, 1):
+        generator = data_generator(stored["train"]["seed"], 30, 0, rank, "val")
+        for _ in range(stored["train"]["eval_batches"]):
+            x, y = dataset.batch(generator, stored["deepspeed"]["micro_batch_size"], model_cfg.seq_len, "val")
+            xs.append(x)
+            ys.append(y)
     with torch.no_grad():
-        for rank in (0, 1):
-            generator = data_generator(stored["train"]["seed"], 30, 0, rank, "val")
-            for _ in range(stored["train"]["eval_batches"]):
-                x, y = dataset.batch(generator, stored["deepspeed"]["micro_batch_size"], model_cfg.seq_len, "val")
-                logits = model(input_ids=x).logits
-                replayed.append(F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)).item())
+        replayed = [F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten()).item()
+                    for x, y in zip(xs, ys, strict=True)]
     # The job evaluated in bf16; the export holds the fp32 master weights.
     assert sum(replayed) / len(replayed) == pytest.approx(evals[30], abs=0.03)
+
+    # And as a Hugging Face directory, loaded by transformers alone in a fresh process.
+    hf_dir = tmp_path / "hf"
+    orch.run("export", job_id, "--format", "hf", "--out", str(hf_dir))
+    batch = {"dir": str(hf_dir), "ids": torch.cat(xs).tolist(), "targets": torch.cat(ys).tolist(), "logits": False}
+    got = load_in_fresh_process([batch], tmp_path / "fresh")[str(hf_dir)]
+    assert got["class"] == "LlamaForCausalLM"
+    assert got["target_loss"] == pytest.approx(sum(replayed) / len(replayed), abs=1e-4)
