@@ -123,8 +123,8 @@ def _resolve_s3(given: str) -> list[InputFile]:
     if not objects:
         raise InputError(f"input {given}: no such object, and no {_known()} object under it as a prefix. Check "
                          "the bucket and key.")
-    base = f"{store.uri}/{key}" if key else store.uri
-    return [InputFile(f"{base}/{o.key}", o.size, str(_format_of(o.key)), o.mtime.isoformat()) for o in objects]
+    return [InputFile(f"{store.uri}/{o.key}", o.size, str(_format_of(o.key)), o.mtime.isoformat())
+            for o in objects]
 
 
 def plan_units(files: list[InputFile], unit_bytes: int) -> list[WorkUnit]:

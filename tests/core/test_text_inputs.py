@@ -38,3 +38,23 @@ def test_a_file_named_twice_is_refused(tmp_path: Path):
     (tmp_path / "a.txt").write_text("x\n")
     with pytest.raises(InputError, match="named twice"):
         resolve_inputs([str(tmp_path), str(tmp_path / "a.txt")])
+
+
+def test_s3_prefixes_and_objects_are_read_by_ranged_gets(s3_env: str):
+    from orchestrator.core.text_inputs import iter_pieces
+    from orchestrator.storage import open_store
+
+    root = open_store(s3_env)
+    text = "".join(f"line {i}\n" for i in range(500))
+    root.put_bytes("in/a.txt", text.encode())
+    root.put_bytes("in/deeper/b.jsonl", b'{"text": "one"}\n{"text": "two"}\n')
+    root.put_bytes("in/skip.md", b"not an input")
+    files = resolve_inputs([f"{s3_env}/in"])
+    assert [f.uri for f in files] == [f"{s3_env}/in/a.txt", f"{s3_env}/in/deeper/b.jsonl"]
+    assert resolve_inputs([f"{s3_env}/in/a.txt"])[0].size == len(text)
+    units = plan_units(files, 1000)
+    assert "".join(t for u in units if u.fmt == "txt" for t, _ in iter_pieces(u, "text")) == text
+    assert [t for t, _ in iter_pieces(units[-1], "text")] == ["one", "two"]
+    for bad, needle in ((f"{s3_env}/in/skip.md", "unknown file type"), (f"{s3_env}/nothing", "no such object")):
+        with pytest.raises(InputError, match=needle):
+            resolve_inputs([bad])
