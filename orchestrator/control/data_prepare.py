@@ -172,20 +172,28 @@ def store_plan(out: ObjectStore, plan: PreparePlan, tokenizer_text: str) -> int:
     return skipped
 
 
-def _units_progress(out: ObjectStore, total: int, skipped: int) -> Progress:
-    """Units committed so far (from their records in storage: the runtime reports only by writing storage)."""
-    from orchestrator.core.prepare_plan import UnitRecord
+class _UnitsSeen:
+    """Units committed so far, from their records in storage (the runtime reports only by writing storage);
+    each record is read once."""
 
-    done, tokens = 0, 0
-    for info in out.list(UNITS_DIR.rstrip("/")):
-        try:
-            record = UnitRecord.from_json(out.get_bytes(info.key))
-        except (NotFound, ValueError, KeyError, TypeError):
-            continue
-        if record.unit < total:
-            done += 1
-            tokens += record.tokens
-    return Progress(max(done, skipped), total, tokens)
+    def __init__(self, out: ObjectStore, plan: PreparePlan, skipped: int) -> None:
+        self.out, self.plan, self.skipped = out, plan, skipped
+        self.tokens: dict[str, int] = {}
+
+    def progress(self) -> Progress:
+        from orchestrator.core.prepare_plan import UnitRecord
+
+        for info in self.out.list(UNITS_DIR.rstrip("/")):
+            if info.key in self.tokens:
+                continue
+            try:
+                record = UnitRecord.from_json(self.out.get_bytes(info.key))
+            except (NotFound, ValueError, KeyError, TypeError):
+                continue
+            units = self.plan.units
+            if record.unit < len(units) and record.signature == self.plan.unit_signature(units[record.unit]):
+                self.tokens[info.key] = record.tokens
+        return Progress(max(len(self.tokens), self.skipped), len(self.plan.units), sum(self.tokens.values()))
 
 
 def prepare_data(manager: Any, options: PrepareOptions,
@@ -202,6 +210,10 @@ def prepare_data(manager: Any, options: PrepareOptions,
         if local or not out.uri.startswith("s3://"):
             raise OrchError(f"{(local or [out.uri])[0]} is on this machine, but the Ray cluster at {url} runs "
                             "elsewhere and its tasks cannot read or write there. Use s3:// inputs and --out.")
+    if manager.local.was_embedded(url):
+        from orchestrator.control.scheduler import ensure_scheduler
+
+        ensure_scheduler(manager.home)  # it stops the embedded cluster once idle, as after a job
     skipped = store_plan(out, plan, tokenizer_text)
     record_id = f"prepare-{uuid.uuid4().hex[:12]}"
     secrets_file = write_secrets_file(manager.secrets_dir, record_id, {}) if same_machine else None
@@ -230,13 +242,16 @@ def _run_job(manager: Any, url: str, record_id: str, out_uri: str, secrets_file:
     entrypoint = " ".join(shlex.quote(p) for p in (python, "-m", "orchestrator.runtime.data_prepare", "--out",
                                                     out_uri))
     ray.submit(record_id, entrypoint, runtime_env, metadata={"orch_data_prepare": out_uri})
+    seen = _UnitsSeen(open_store(out_uri), plan, skipped)
+    embedded = manager.local.was_embedded(url)
     status: str | None = None
     try:
         while True:
-            manager.local.touch_activity()  # the embedded cluster is busy: no idle stop under us
+            if embedded:
+                manager.local.touch_activity()  # the embedded cluster is busy: no idle stop under us
             status, _ = ray.status(record_id)
             if on_progress is not None:
-                on_progress(_units_progress(open_store(out_uri), len(plan.units), skipped))
+                on_progress(seen.progress())
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
             time.sleep(poll_s)

@@ -164,3 +164,12 @@ def test_bad_input_is_refused_with_exit_2_and_nothing_written(corpus: Path, tmp_
     err = " ".join(capsys.readouterr().err.split())
     assert needle in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "home" / "cluster").exists()
+
+
+def test_the_sdk_refuses_like_the_cli_before_any_cluster_starts(corpus: Path, tmp_path: Path):
+    from orchestrator import Client
+
+    client = Client(home=tmp_path / "home")
+    with pytest.raises(OrchError, match="--text-field"):
+        client.prepare_data([str(corpus)], str(tmp_path / "data"), vocab_size=300, text_field="body")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home" / "cluster").exists()
