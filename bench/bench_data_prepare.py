@@ -101,6 +101,7 @@ def run(bench: Bench) -> str:
     work = Path(tempfile.mkdtemp(prefix="orch-bench-prepare-"))
     corpus = work / "corpus"
     size = make_corpus(corpus, CORPUS_MB)
+    files = len(list(corpus.iterdir()))
     start = time.perf_counter()
     tokenizer = train_tokenizer(resolve_inputs([str(corpus)]), "text", VOCAB)
     train_s = time.perf_counter() - start
@@ -129,8 +130,9 @@ def run(bench: Bench) -> str:
     ]
     table = ["| run | tokens | seconds | tokens/s | vs baseline |", "| --- | ---: | ---: | ---: | ---: |"]
     table += [f"| {name} | {t:,} | {s:.1f} | {t / s:,.0f} | {r / base_rate:.2f}x |" for name, t, s, r in rows]
+    print(table, rerun_s, file=sys.stderr, flush=True)
     shutil_rm(work)
-    return (f"Corpus: {size / 2**20:.0f} MiB of text in {len(list(corpus.iterdir()))} files (.txt and .jsonl), "
+    return (f"Corpus: {size / 2**20:.0f} MiB of text in {files} files (.txt and .jsonl), "
             f"byte-level BPE of {VOCAB:,} tokens (trained beforehand on it in {train_s:.1f} s, the same "
             f"tokenizer.json for every run), {result['shards']} shards of up to 16,777,216 tokens, "
             f"{result['dtype']}.\n\n" + "\n".join(table) + "\n\n"

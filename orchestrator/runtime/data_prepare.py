@@ -135,7 +135,7 @@ def ray_map(store_uri: str, units: list[int]) -> list[int]:
     return ray.get([task.remote(store_uri, unit) for unit in units])
 
 
-def run(store_uri: str, map_units: Callable[[str, list[int]], list[int]] = ray_map) -> int:
+def run(store_uri: str, map_units: Callable[[str, list[int]], list[int]] | None = None) -> int:
     """Run the plan's pending units (`map_units`: how; Ray tasks by default), then write index.json."""
     store = open_store(store_uri)
     plan = read_plan(store)
@@ -145,7 +145,7 @@ def run(store_uri: str, map_units: Callable[[str, list[int]], list[int]] = ray_m
     print(f"orch data prepare: {len(plan.units)} units, {len(plan.units) - len(pending)} already committed "
           f"(skipped), {len(pending)} to do", flush=True)
     started = time.monotonic()
-    tokens = sum(map_units(store_uri, pending)) if pending else 0
+    tokens = sum((map_units or ray_map)(store_uri, pending)) if pending else 0
     print(f"orch data prepare: {tokens} tokens in {time.monotonic() - started:.1f} s", flush=True)
     records = []
     for unit in plan.units:

@@ -173,3 +173,18 @@ def test_the_sdk_refuses_like_the_cli_before_any_cluster_starts(corpus: Path, tm
     with pytest.raises(OrchError, match="--text-field"):
         client.prepare_data([str(corpus)], str(tmp_path / "data"), vocab_size=300, text_field="body")
     assert not (tmp_path / "data").exists() and not (tmp_path / "home" / "cluster").exists()
+
+
+def test_the_ray_job_ends_with_one_line_the_cli_shows(corpus: Path, tmp_path: Path, capsys, monkeypatch):
+    from orchestrator.core.prepare_plan import ERROR_PREFIX
+
+    out = tmp_path / "data"
+    store = open_store(str(out))
+    plan, text = plan_preparation(PrepareOptions(inputs=(str(corpus / "a.txt"),), out=str(out), vocab_size=300),
+                                  store)
+    store_plan(store, plan, text)
+    monkeypatch.setattr(runtime, "ray_map", local_map)
+    assert runtime.main(["--out", str(out)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(ERROR_PREFIX) and "Lower --shard-tokens" in last
+    assert not (out / "index.json").exists()
