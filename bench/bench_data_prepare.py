@@ -74,12 +74,15 @@ def make_corpus(root: Path, megabytes: int) -> int:
     root.mkdir(parents=True, exist_ok=True)
     target, written, n = megabytes << 20, 0, 0
     while written < target:
-        rng.shuffle(lines)
+        block = []
+        for _ in range(8):  # ~6 MB a file
+            rng.shuffle(lines)
+            block += lines
         if n % 2 == 0:
-            data = "".join(lines).encode()
+            data = "".join(block).encode()
             (root / f"part-{n:02d}.txt").write_bytes(data)
         else:
-            docs = ["".join(lines[i:i + 20]) for i in range(0, len(lines), 20)]
+            docs = ["".join(block[i:i + 20]) for i in range(0, len(block), 20)]
             data = "".join(json.dumps({"text": d}) + "\n" for d in docs).encode()
             (root / f"part-{n:02d}.jsonl").write_bytes(data)
         written += len(data)

@@ -198,14 +198,16 @@ def iter_pieces(unit: WorkUnit, text_field: str) -> Iterator[tuple[str, bool]]:
 
 def _txt_pieces(unit: WorkUnit) -> Iterator[tuple[str, bool]]:
     piece: list[bytes] = []
-    size = 0
+    size, seen = 0, False
     for line in _lines(unit.uri, unit.start, unit.end):
         piece.append(line)
         size += len(line)
+        seen = True
         if size >= PIECE_BYTES:
             yield b"".join(piece).decode("utf-8", errors="replace"), False
             piece, size = [], 0
-    yield b"".join(piece).decode("utf-8", errors="replace"), True
+    if seen:  # a unit where no line starts (one long line began before it) holds no document
+        yield b"".join(piece).decode("utf-8", errors="replace"), True
 
 
 def _jsonl_text(line: bytes, unit: WorkUnit, number: int, text_field: str) -> str | None:
