@@ -129,9 +129,12 @@ def run_unit_task(store_uri: str, unit_number: int) -> int:
 def ray_map(store_uri: str, units: list[int]) -> list[int]:
     """One Ray task per unit (one CPU each), retried through storage hiccups; tokens per unit."""
     import ray
+    from botocore.exceptions import BotoCoreError
 
     ray.init(log_to_driver=True)
-    task = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=[StorageError])(run_unit_task)
+    # Retried: storage that failed past its own retries, a ranged read dropped mid-stream. Not retried: bad input.
+    task = ray.remote(num_cpus=1, max_retries=2,
+                      retry_exceptions=[StorageError, BotoCoreError, OSError])(run_unit_task)
     return ray.get([task.remote(store_uri, unit) for unit in units])
 
 
