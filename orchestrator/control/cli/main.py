@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     from orchestrator.control.cli.campaigns import register as register_campaigns
     from orchestrator.control.cli.checkpoints import register
+    from orchestrator.control.cli.data import register as register_data
     from orchestrator.control.cli.generate import register as register_generate
     from orchestrator.control.cli.insights import register as register_insights
     from orchestrator.control.cli.spec_doc import register as register_spec
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_insights(add)
     register_spec(add)
     register_ui(add)
+    register_data(add)
     return parser
 
 

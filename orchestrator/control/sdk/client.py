@@ -107,6 +107,20 @@ class Client:
             raise OrchError(f"{campaign_id} is a job, not a campaign.")
         return Campaign(self, rec.id)
 
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def prepare_data(self, inputs: list[str] | tuple[str, ...], out: str, *, tokenizer: str | None = None,
+                     vocab_size: int | None = None, on_progress: Callable[[Any], None] | None = None,
+                     **settings: Any) -> Any:
+        """`orch data prepare`: tokenize text, JSONL or Parquet inputs (local or s3://) into token shards at `out`
+        on this client's cluster. Exactly one of `tokenizer` (a tokenizer.json) and `vocab_size` (train a
+        byte-level BPE). `settings`: eos_token, text_field, shard_tokens, val_fraction, unit_bytes. Returns a
+        PrepareResult (shards, tokens per split, dtype, vocab, seconds); a rerun skips committed units."""
+        from orchestrator.control.data_prepare import PrepareOptions, prepare_data
+
+        options = PrepareOptions(inputs=tuple(inputs), out=out, tokenizer=tokenizer, vocab_size=vocab_size,
+                                 **settings)
+        return prepare_data(self.manager, options, on_progress=on_progress)
+
     # ---- shared plumbing -------------------------------------------------------------------------------------
     def _keep_queue_moving(self) -> None:
         from orchestrator.control.scheduler import ensure_scheduler
