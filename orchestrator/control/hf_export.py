@@ -125,6 +125,20 @@ def export_hf(spec: dict[str, Any], state: dict[str, Any], out: Path,
     return HFExport(str(out), len(plan.tensors), parameters, shards)
 
 
+def export_stored_run(store: Any, spec: dict[str, Any], path: str, step: int | None,
+                      max_shard_size: str | int | None) -> tuple[HFExport, int]:
+    """A job's (or trial's) checkpoint in `store` -> an HF directory at `path`; the export and the step used.
+
+    Every check that needs no download (the directory, the shard size, the workload) comes first."""
+    from orchestrator.control.export import choose_step, consolidated_state_dict
+
+    out = check_out_dir(path)
+    size = parse_shard_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+    check_exportable(spec)  # an mlp job, or a config with no transformers equivalent: before any download
+    chosen = choose_step(store, step)
+    return export_hf(spec, consolidated_state_dict(store, chosen), out, size), chosen
+
+
 def _generation_config(config: Any) -> Any:
     from transformers import GenerationConfig
 

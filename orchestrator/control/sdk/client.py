@@ -255,21 +255,9 @@ class Job:
 
     def _export_hf(self, path: str | os.PathLike, step: int | None, trial: str | None,
                    max_shard_size: str | int | None) -> ExportResult:
-        from orchestrator.control.export import choose_step, consolidated_state_dict
-        from orchestrator.control.hf_export import (
-            DEFAULT_MAX_SHARD_SIZE,
-            check_exportable,
-            check_out_dir,
-            export_hf,
-            parse_shard_size,
-        )
+        from orchestrator.control.hf_export import export_stored_run
 
-        out = check_out_dir(str(path))
-        size = parse_shard_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
-        store, spec = self.store(trial), self.spec(trial)
-        check_exportable(spec)  # an mlp job, or a config with no transformers equivalent: before any download
-        chosen = choose_step(store, step)
-        done = export_hf(spec, consolidated_state_dict(store, chosen), out, size)
+        done, chosen = export_stored_run(self.store(trial), self.spec(trial), str(path), step, max_shard_size)
         return ExportResult(done.path, chosen, done.tensors, done.parameters, done.shards)
 
     def generate(self, prompt: str, max_new_tokens: int | None = None, temperature: float = 1.0,
