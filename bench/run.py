@@ -12,7 +12,7 @@ import subprocess
 import sys
 import traceback
 
-from bench import bench_checkpoint, bench_gpu, bench_latency, bench_manager, bench_overhead
+from bench import bench_checkpoint, bench_data_prepare, bench_gpu, bench_latency, bench_manager, bench_overhead
 from bench.common import REPO, Bench, machine
 
 IN_PROCESS = {
@@ -21,6 +21,8 @@ IN_PROCESS = {
     "checkpoint": ("Checkpoint stall and upload throughput", bench_checkpoint.run),
     "manager": ("Manager scaling", bench_manager.run),
     "gpu": ("GPU: tokens/s and MFU of the 124M and 1.0B GPT jobs on one GPU", bench_gpu.run),
+    "data_prepare": ("`orch data prepare` throughput on 2 cores vs one process running the same tokenizer",
+                     bench_data_prepare.run),
 }
 # Scripts that print their own markdown table.
 SCRIPTS = {

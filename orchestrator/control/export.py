@@ -63,8 +63,9 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OrchError(f"Checkpoint step {step} under {store.uri} holds no model state dict; try another "
                         "step with --step (see orch checkpoints).")
-    # Tied weights share storage; give each tensor its own so every format can save it.
-    return {k: v.detach().to(torch.float32).clone().contiguous() for k, v in state.items()}
+    # Tied weights share storage; give each tensor its own so every format can save it. Each source tensor is
+    # dropped as its copy is made, so a big model is not held twice while this runs.
+    return {k: state.pop(k).detach().to(torch.float32).clone().contiguous() for k in list(state)}
 
 
 def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:

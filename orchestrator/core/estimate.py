@@ -33,7 +33,8 @@ the whole run; ZeRO-1/2 allocate it for each backward pass. A GPU pays for the w
 the pages gradients are written to become resident: min(bucket, P). ZeRO-3 also holds the parameters it
 gathers for forward and backward, at most `stage3_max_live_parameters` elements in the parameters' dtype.
 Activations are estimated per micro batch (see `activation_bytes`); the runtime line is the resident
-memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists.
+memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists, plus what the
+workload's own libraries add (the registry's `runtime_bytes`: transformers for llama).
 """
 
 from __future__ import annotations
@@ -193,7 +194,9 @@ def estimate(spec: JobSpec, num_workers: int | None = None) -> Estimate:
     act, how = activation_bytes(spec)
     components.append(Component("activations", act, "device", how))
     components += _buffers(spec, params, largest, n)
-    components.append(Component("runtime", RUNTIME_BYTES, "host", "torch + DeepSpeed + Ray worker process"))
+    extra = builtin_workload(spec).runtime_bytes
+    components.append(Component("runtime", RUNTIME_BYTES + extra, "host", "torch + DeepSpeed + Ray worker process"
+                                + (f" + the {spec.workload} workload's libraries" if extra else "")))
     tokens_per_step = units_per_micro * ds.gradient_accumulation_steps * n
     return Estimate(workload=spec.workload, params=params, num_workers=n, zero_stage=ds.zero_stage,
                     precision=ds.precision, components=components, flops_per_token=flops_per_unit,

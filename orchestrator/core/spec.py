@@ -153,7 +153,7 @@ class FailureSpec(_Section):
 
 class JobSpec(_Section):
     name: str = Field(description="letters, digits, - _ . (part of storage keys and Ray job ids)")
-    workload: str = Field(description="built-in (gpt, mlp) or module:function of your code (with working_dir)")
+    workload: str = Field(description="built-in (gpt, llama, mlp) or module:function of your code (with working_dir)")
     working_dir: str | None = Field(None, description="directory of your code, shipped to the cluster by Ray")
     model: dict[str, Any] = Field(default_factory=dict, description="the workload's model section (orch spec WORKLOAD)")
     data: dict[str, Any] = Field(default_factory=dict, description="the workload's data section (orch spec WORKLOAD)")

@@ -21,6 +21,8 @@ from pydantic import BaseModel
 from orchestrator.workloads.facts import ActivationMemory, ModelFacts
 from orchestrator.workloads.gpt import config as gpt_config
 from orchestrator.workloads.gpt import facts as gpt_facts
+from orchestrator.workloads.llama import config as llama_config
+from orchestrator.workloads.llama import facts as llama_facts
 from orchestrator.workloads.mlp import config as mlp_config
 from orchestrator.workloads.mlp import facts as mlp_facts
 
@@ -37,6 +39,9 @@ class Workload:
     probe: str  # "module:function" (spec) -> (model, batch()) for `orch estimate --probe`; imports torch
     predict: str | None = None  # "module:function" (spec, state dict, features|None) -> result for `orch predict`
     activation_checkpointing: bool = False  # whether deepspeed.activation_checkpointing means anything to it
+    runtime_bytes: int = 0  # resident memory its worker-side imports add to a worker's runtime (e.g. transformers)
+    # "module:function" (spec, state-dict keys, eos id|None) -> HFPlan for `orch export --format hf` (causal LMs)
+    hf_export: str | None = None
 
 
 def load(entrypoint: str) -> Any:
@@ -56,6 +61,21 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
         metrics=("loss", "eval_loss"),
         probe="orchestrator.workloads.gpt.model:probe_setup",
         activation_checkpointing=True,
+        hf_export="orchestrator.workloads.gpt.hf:gpt2_plan",
+    ),
+    "llama": Workload(
+        name="llama",
+        entrypoint="orchestrator.workloads.llama.train:train",
+        model_config=llama_config.LlamaModelConfig,
+        data_config=gpt_config.GPTDataConfig,  # the same token data as gpt
+        model_facts=llama_facts.model_facts,
+        activation_memory=llama_facts.activation_memory,
+        metrics=("loss", "eval_loss"),
+        probe="orchestrator.workloads.llama.model:probe_setup",
+        activation_checkpointing=True,
+        # transformers' modeling code in every worker: the llama example's peak RSS minus the gpt example's.
+        runtime_bytes=75 * 2**20,
+        hf_export="orchestrator.workloads.llama.hf:llama_plan",
     ),
     "mlp": Workload(
         name="mlp",

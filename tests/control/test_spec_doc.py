@@ -23,9 +23,14 @@ def test_a_workload_shows_its_model_and_data_sections(capsys):
     docs = json.loads(capsys.readouterr().out)
     assert set(docs) == {"gpt.model", "gpt.data"}
     assert {row["field"] for row in docs["gpt.model"]} >= {"n_layer", "d_model", "seq_len", "vocab_size"}
+    assert main(["spec", "llama", "--json"]) == 0
+    docs = json.loads(capsys.readouterr().out)
+    assert set(docs) == {"llama.model", "llama.data"}
+    assert {row["field"] for row in docs["llama.model"]} >= {"n_kv_head", "d_ff", "rope_theta", "tie_embeddings"}
+    assert all(row["description"] for section in docs.values() for row in section)
 
 
 def test_an_unknown_section_is_refused_with_the_choices(capsys):
     assert main(["spec", "optimiser"]) == 2
     err = capsys.readouterr().err
-    assert "'optimiser'" in err and "deepspeed" in err and "gpt, mlp" in err
+    assert "'optimiser'" in err and "deepspeed" in err and "gpt, llama, mlp" in err

@@ -20,7 +20,7 @@ from orchestrator.core.estimate import (
 )
 from orchestrator.core.spec import load_spec_file
 from orchestrator.workloads.gpt.config import GPTModelConfig, flops_per_token, param_count
-from tests.paths import REPO_ROOT
+from tests.paths import EXAMPLES, REPO_ROOT
 
 REPO = REPO_ROOT
 GPT = "jobs/examples/gpt-zero3.yaml"
@@ -230,3 +230,14 @@ def test_manager_submit_refuses_before_writing_and_force_overrides(tmp_path, mon
     rec = mgr.submit(spec(), force=True)
     assert mgr._ray[URL].submitted == [rec.id]
     assert mgr.submit(spec(), memory_per_worker_gb=4.0).id != rec.id  # an explicit budget replaces the env's
+
+
+def test_a_workloads_own_libraries_add_to_the_runtime():
+    from orchestrator.workloads import BUILTIN_WORKLOADS
+
+    spec = load_spec_file(EXAMPLES / "llama-zero3.yaml")
+    est = estimate(spec)
+    assert BUILTIN_WORKLOADS["llama"].runtime_bytes > 0
+    assert est.component("runtime") == RUNTIME_BYTES + BUILTIN_WORKLOADS["llama"].runtime_bytes
+    assert est.params == BUILTIN_WORKLOADS["llama"].model_facts(
+        BUILTIN_WORKLOADS["llama"].model_config(**spec.model), 1).params

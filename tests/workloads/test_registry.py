@@ -8,7 +8,7 @@ from tests.paths import EXAMPLES
 
 
 def test_builtin_workloads_resolve_to_train_functions():
-    assert set(BUILTIN_WORKLOADS) == {"gpt", "mlp"}
+    assert set(BUILTIN_WORKLOADS) == {"gpt", "llama", "mlp"}
     for name, workload in BUILTIN_WORKLOADS.items():
         assert workload.name == name
         assert callable(load(workload.entrypoint))
@@ -16,7 +16,7 @@ def test_builtin_workloads_resolve_to_train_functions():
 
 
 def test_facts_count_the_parameters_of_the_model_the_probe_builds():
-    for example in ("gpt-zero3", "mlp-digits"):
+    for example in ("gpt-zero3", "llama-zero3", "mlp-digits"):
         spec = load_spec_file(EXAMPLES / f"{example}.yaml")
         workload = BUILTIN_WORKLOADS[spec.workload]
         facts = workload.model_facts(workload.model_config(**spec.model), spec.deepspeed.micro_batch_size)
@@ -32,6 +32,8 @@ def test_facts_count_the_parameters_of_the_model_the_probe_builds():
 
 def test_reported_metrics_and_predict_are_declared_per_workload():
     assert BUILTIN_WORKLOADS["gpt"].metrics == ("loss", "eval_loss")
+    assert BUILTIN_WORKLOADS["llama"].metrics == ("loss", "eval_loss")
+    assert BUILTIN_WORKLOADS["llama"].activation_checkpointing and BUILTIN_WORKLOADS["llama"].predict is None
     assert BUILTIN_WORKLOADS["mlp"].metrics == ("loss", "eval_loss", "eval_accuracy")
     assert BUILTIN_WORKLOADS["gpt"].predict is None
     assert callable(load(BUILTIN_WORKLOADS["mlp"].predict or ""))

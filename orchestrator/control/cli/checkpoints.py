@@ -83,11 +83,21 @@ def _load_input(raw: str | None) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.control.export import check_out_path
+    from orchestrator.control.hf_export import check_format, check_out_dir, parse_shard_size
 
-    check_out_path(args.out)  # before the job is even looked up: a bad --out is the user's first thing to fix
-    done = _job(args).export(args.out, step=args.step, trial=args.trial, safetensors=args.safetensors)
-    out.print(f"Exported step {done.step} of {args.job}: {done.tensors} tensors, {done.parameters:,} parameters -> "
-              f"{done.path}")
+    # Before the job is even looked up: a bad --format or --out is the user's first thing to fix.
+    fmt = check_format(args.format, args.max_shard_size)
+    if fmt == "hf":
+        check_out_dir(args.out)
+        if args.max_shard_size is not None:
+            parse_shard_size(args.max_shard_size)
+    else:
+        check_out_path(args.out)
+    done = _job(args).export(args.out, step=args.step, trial=args.trial, safetensors=args.safetensors,
+                             format=fmt, max_shard_size=args.max_shard_size)
+    shards = f" in {done.shards} shards" if done.shards > 1 else ""
+    out.print(f"Exported step {done.step} of {args.job}: {done.tensors} tensors, {done.parameters:,} parameters"
+              f"{shards} -> {done.path}")
     return 0
 
 
@@ -159,7 +169,12 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("export", cmd_export, "Consolidate a ZeRO checkpoint into one fp32 state dict.")
     _job_and_trial(p)
     p.add_argument("--step", type=int, help="default: the newest verified checkpoint")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the file to write (--format hf: a new or empty directory)")
+    p.add_argument("--format", help="pt (torch.save), safetensors, or hf: a directory transformers loads "
+                   "(AutoModelForCausalLM / AutoTokenizer.from_pretrained); default: pt, or safetensors with "
+                   "--safetensors")
+    p.add_argument("--max-shard-size", metavar="SIZE", help="--format hf: the largest safetensors file (default "
+                   "5GB; e.g. 500MB); bigger models are split, with model.safetensors.index.json")
     p.add_argument("--safetensors", action="store_true", help="write safetensors instead of torch.save")
     p = add("predict", cmd_predict, "Classify digits with a trained mlp job's model.")
     _job_and_trial(p)

@@ -189,17 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     from orchestrator.control.cli.campaigns import register as register_campaigns
     from orchestrator.control.cli.checkpoints import register
+    from orchestrator.control.cli.data import register as register_data
+    from orchestrator.control.cli.generate import register as register_generate
     from orchestrator.control.cli.insights import register as register_insights
     from orchestrator.control.cli.spec_doc import register as register_spec
     from orchestrator.control.cli.sync import register as register_sync
     from orchestrator.control.cli.ui import register as register_ui
 
     register(add)
+    register_generate(add)
     register_campaigns(add)
     register_sync(add)
     register_insights(add)
     register_spec(add)
     register_ui(add)
+    register_data(add)
     return parser
 
 

@@ -28,6 +28,7 @@ from orchestrator.control.sdk.types import BestTrial, CheckpointInfo, ExportResu
 from orchestrator.core.errors import OrchError
 
 if TYPE_CHECKING:
+    from orchestrator.control.generate import Generation
     from orchestrator.control.index import JobRecord
     from orchestrator.control.manager import JobManager
     from orchestrator.storage import ObjectStore
@@ -107,6 +108,20 @@ class Client:
         if rec.kind != "campaign":
             raise OrchError(f"{campaign_id} is a job, not a campaign.")
         return Campaign(self, rec.id)
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def prepare_data(self, inputs: list[str] | tuple[str, ...], out: str, *, tokenizer: str | None = None,
+                     vocab_size: int | None = None, on_progress: Callable[[Any], None] | None = None,
+                     **settings: Any) -> Any:
+        """`orch data prepare`: tokenize text, JSONL or Parquet inputs (local or s3://) into token shards at `out`
+        on this client's cluster. Exactly one of `tokenizer` (a tokenizer.json) and `vocab_size` (train a
+        byte-level BPE). `settings`: eos_token, text_field, shard_tokens, val_fraction, unit_bytes. Returns a
+        PrepareResult (shards, tokens per split, dtype, vocab, seconds); a rerun skips committed units."""
+        from orchestrator.control.data_prepare import PrepareOptions, prepare_data
+
+        options = PrepareOptions(inputs=tuple(inputs), out=out, tokenizer=tokenizer, vocab_size=vocab_size,
+                                 **settings)
+        return prepare_data(self.manager, options, on_progress=on_progress)
 
     # ---- shared plumbing -------------------------------------------------------------------------------------
     def _keep_queue_moving(self) -> None:
@@ -218,18 +233,49 @@ class Job:
         return results
 
     def export(self, path: str | os.PathLike, step: int | None = None, trial: str | None = None,
-               safetensors: bool | None = None) -> ExportResult:
+               safetensors: bool | None = None, format: str | None = None,
+               max_shard_size: str | int | None = None) -> ExportResult:
         """One consolidated fp32 state dict from the ZeRO shards (default: the newest verified checkpoint).
-        safetensors format when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
-        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
 
+        `format`: "pt" (torch.save), "safetensors", or "hf": a directory transformers loads by itself (config,
+        safetensors shards of at most `max_shard_size`, default 5GB, and the tokenizer). Without it: safetensors
+        when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
+        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
+        from orchestrator.control.hf_export import check_format
+
+        fmt = check_format(format, max_shard_size)
+        if fmt == "hf":
+            return self._export_hf(path, step, trial, max_shard_size)
         out = check_out_path(str(path))  # before any work: never a directory, a device or a pipe
         store = self.store(trial)
         chosen = choose_step(store, step)
         state = consolidated_state_dict(store, chosen)
-        use_st = safetensors if safetensors is not None else out.suffix == ".safetensors"
+        use_st = fmt == "safetensors" if fmt else (safetensors if safetensors is not None
+                                                   else out.suffix == ".safetensors")
         save_state_dict(state, out, "safetensors" if use_st else "pt")
         return ExportResult(str(out), chosen, len(state), sum(t.numel() for t in state.values()))
+
+    def _export_hf(self, path: str | os.PathLike, step: int | None, trial: str | None,
+                   max_shard_size: str | int | None) -> ExportResult:
+        from orchestrator.control.hf_export import export_stored_run
+
+        done, chosen = export_stored_run(self.store(trial), self.spec(trial), str(path), step, max_shard_size)
+        return ExportResult(done.path, chosen, done.tensors, done.parameters, done.shards)
+
+    def generate(self, prompt: str, max_new_tokens: int | None = None, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int | None = None, step: int | None = None,
+                 trial: str | None = None) -> Generation:
+        """Continue `prompt` with the job's model: exported with format "hf" to a temporary directory, then
+        sampled with transformers' generate (`seed` makes it reproducible, temperature 0 is greedy)."""
+        import tempfile
+
+        from orchestrator.control.generate import check_sampling, generate_from_dir
+
+        check_sampling(prompt, max_new_tokens, temperature, top_k)
+        with tempfile.TemporaryDirectory(prefix="orch-generate-") as tmp:
+            model_dir = Path(tmp) / "model"
+            self.export(model_dir, step=step, trial=trial, format="hf")
+            return generate_from_dir(model_dir, prompt, max_new_tokens, temperature, top_k, seed)
 
     def logs(self, follow: bool = False, rank: int | None = None) -> str | Iterator[str]:
         """The driver's and workers' log, worker lines tagged `[rank N]`, without colour codes: the whole text,

@@ -121,3 +121,4 @@ class ExportResult:
     step: int
     tensors: int
     parameters: int
+    shards: int = 1  # safetensors files written (format "hf" above its max shard size)
