@@ -168,3 +168,21 @@ def test_local_reads_keep_a_bounded_number_of_files_open(local: str, monkeypatch
     for step in range(1, 9):
         np.testing.assert_array_equal(s.windows(step, 0, 4), expected[step - 1])
         assert len(s.sources["train"]._files) == 1  # type: ignore[union-attr]
+
+
+def test_a_dataset_orch_data_prepare_wrote_streams(tmp_path: Path) -> None:
+    """The layout contract end to end: `orch data prepare`'s own code (units run here), then this reader."""
+    from orchestrator.workloads.gpt.data import CORPUS_PATH
+    from tests.control.test_data_prepare import prepare_here
+
+    text = tmp_path / "corpus.txt"
+    text.write_bytes(CORPUS_PATH.read_bytes()[:40_000])
+    out = tmp_path / "prepared"
+    prepare_here([str(text)], out, vocab_size=320, shard_tokens=2_000)
+    s = open_stream(str(out), 16, 320, seed=0, rank=1, world_size=2)
+    assert s.layouts["train"].sequences > 0 and s.layouts["val"].sequences > 0
+    for split in ("train", "val"):
+        windows = s.windows(3, 0, 4, split)
+        assert windows.shape == (4, 17) and windows.min() >= 0 and windows.max() < 320
+    with pytest.raises(ValueError, match="model.vocab_size"):
+        open_stream(str(out), 16, 256, seed=0)
