@@ -108,6 +108,11 @@ def prepare_unit(store: ObjectStore, plan: PreparePlan, unit: WorkUnit, tokenize
             writer.add(ids)
             documents += ended
         writer.flush()
+    # A unit redone after an earlier try (other inputs, a crash) may have left more parts than it has now.
+    stale = len(writer.shards)
+    while store.exists(shard_key(unit.unit, stale)):
+        store.delete(shard_key(unit.unit, stale))
+        stale += 1
     record = UnitRecord(unit=unit.unit, signature=plan.unit_signature(unit), documents=documents,
                         shards=tuple(writer.shards))
     store.put_bytes(unit_key(unit.unit), record.to_json())

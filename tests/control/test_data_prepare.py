@@ -117,6 +117,23 @@ def test_a_rerun_skips_committed_units_and_a_different_tokenizer_is_refused(corp
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
+def test_a_redone_unit_removes_parts_an_earlier_try_left_beyond_its_own(corpus: Path, tmp_path: Path):
+    from orchestrator.core.token_shards import shard_key
+
+    out = tmp_path / "data"
+    prepare_here([str(corpus)], out, vocab_size=300, shard_tokens=16)
+    record = UnitRecord.from_json((out / unit_key(1)).read_bytes())
+    leftovers = [out / shard_key(1, len(record.shards) + i) for i in range(2)]  # a longer earlier try's parts
+    for path in leftovers:
+        path.write_bytes(b"\x00\x00")
+    (out / unit_key(1)).unlink()
+    (out / "index.json").unlink()
+    prepare_here([str(corpus)], out, vocab_size=300, shard_tokens=16)
+    assert not any(path.exists() for path in leftovers)
+    listed = {s.key for s in read_index(open_store(str(out))).shards}
+    assert listed == {str(p.relative_to(out)) for p in (out / "shards").iterdir()}
+
+
 def test_uint32_for_a_vocabulary_beyond_uint16_and_a_tokenizer_without_eos_is_refused(corpus: Path, tmp_path: Path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
