@@ -109,3 +109,21 @@ def test_generation_is_reproducible(model):
     assert torch.equal(*greedy)
     sampled = [generate(model, prompt, 10, 1.0, torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(*sampled)
+
+
+def test_l1_l2_penalty_is_added_to_the_training_loss_only():
+    torch.manual_seed(0)
+    cfg = GPTModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=8, vocab_size=32)
+    plain, penalised = GPT(cfg), GPT(cfg, l1=1e-3, l2=1e-2)
+    penalised.load_state_dict(plain.state_dict())
+    x = torch.randint(0, 32, (2, 8))
+    # Weight matrices once each (the tied head is the embedding); biases and LayerNorm weights are not penalised.
+    matrices = [plain.wte.weight, plain.wpe.weight] + [p for n, p in plain.blocks.named_parameters()
+                                                       if n.endswith("weight") and p.dim() == 2]
+    expected = 1e-3 * sum(w.abs().sum() for w in matrices) + 1e-2 * sum(w.pow(2).sum() for w in matrices)
+    _, base = plain(x, x)
+    _, with_penalty = penalised(x, x)
+    assert with_penalty.item() == pytest.approx(base.item() + expected.item(), rel=1e-6)
+    plain.eval()
+    penalised.eval()
+    assert penalised(x, x)[1].item() == pytest.approx(plain(x, x)[1].item(), abs=0)

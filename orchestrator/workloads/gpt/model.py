@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from orchestrator.workloads.gpt.config import GPTModelConfig
+from orchestrator.workloads.penalties import weight_penalty
 
 INIT_STD = 0.02
 
@@ -87,11 +88,13 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTModelConfig, activation_checkpointing: bool = False, input_noise: float = 0.0):
+    def __init__(self, cfg: GPTModelConfig, activation_checkpointing: bool = False, input_noise: float = 0.0,
+                 l1: float = 0.0, l2: float = 0.0):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
         self.input_noise = input_noise
+        self.l1, self.l2 = l1, l2
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two of them to the
         # residual stream, and this keeps its variance from growing with depth.
         resid_std = INIT_STD / math.sqrt(2 * cfg.n_layer)
@@ -128,6 +131,9 @@ class GPT(nn.Module):
         if targets is not None:
             # Cross-entropy in float32: in bf16/fp16 the log-softmax over the vocabulary loses precision.
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            # Training loss only (the spec refuses l1/l2 with ZeRO-3): eval losses stay comparable across runs.
+            if self.training and (self.l1 > 0 or self.l2 > 0):
+                loss = loss + weight_penalty(self, self.l1, self.l2)
         return logits, loss
 
 

@@ -18,5 +18,5 @@ def train(ctx: WorkerContext) -> dict[str, float]:
     data = open_lm_data(GPTDataConfig(**ctx.spec.data), model_cfg.seq_len, model_cfg.vocab_size, ctx)
     with ctx.model_init():
         model = GPT(model_cfg, activation_checkpointing=ctx.spec.deepspeed.activation_checkpointing,
-                    input_noise=ctx.spec.train.input_noise)
+                    input_noise=ctx.spec.train.input_noise, l1=ctx.spec.train.l1, l2=ctx.spec.train.l2)
     return train_lm(ctx, model, data, model_cfg.seq_len)

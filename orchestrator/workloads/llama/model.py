@@ -26,6 +26,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orchestrator.workloads.llama.config import LlamaModelConfig, hf_config_kwargs
+from orchestrator.workloads.penalties import weight_penalty
 
 
 def build_hf_model(cfg: LlamaModelConfig) -> nn.Module:
@@ -94,8 +95,7 @@ class LlamaLM(nn.Module):
     def penalty(self, l1: float, l2: float) -> torch.Tensor:
         """l1 * sum|w| + l2 * sum w^2 over the weight matrices (embeddings, projections, head); norms are not
         penalised. A tied head is counted once."""
-        weights = {id(p): p for p in self.parameters() if p.dim() == 2}.values()
-        return l1 * sum(w.abs().sum() for w in weights) + l2 * sum(w.pow(2).sum() for w in weights)
+        return weight_penalty(self, l1, l2)
 
 
 def probe_setup(spec: Any) -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, torch.Tensor]]]:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.workloads.mlp.config import N_CLASSES, N_FEATURES, MLPModelConfig
+from orchestrator.workloads.penalties import weight_penalty
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -47,8 +48,7 @@ class MLP(nn.Module):
 
     def penalty(self, l1: float, l2: float) -> torch.Tensor:
         """l1 * sum|w| + l2 * sum w^2 over the weight matrices; biases are not penalised."""
-        weights = [m.weight for m in self.net if isinstance(m, nn.Linear)]
-        return l1 * sum(w.abs().sum() for w in weights) + l2 * sum(w.pow(2).sum() for w in weights)
+        return weight_penalty(self, l1, l2)
 
 
 def probe_setup(spec: Any) -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
