@@ -13,6 +13,7 @@ so a resumed run sees exactly the batches the interrupted one would have.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,6 +48,16 @@ def open_lm_data(cfg: GPTDataConfig, seq_len: int, vocab_size: int, ctx: WorkerC
                              world_size=ctx.world_size, accumulation=ds.gradient_accumulation_steps)
         return StreamedData(stream, ds.micro_batch_size)
     return RandomWindows(TokenDataset(load_tokens(cfg, vocab_size, ctx.read_bytes), cfg.val_fraction), seq_len, ctx)
+
+
+def random_token_batches(vocab_size: int, batch_size: int, seq_len: int
+                         ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Random (inputs, next-token targets) batches: what `orch estimate --probe` times an LM's steps on."""
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, vocab_size, (batch_size, seq_len))
+        return x, torch.roll(x, -1, dims=1)
+
+    return batch
 
 
 def _split_windows(windows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

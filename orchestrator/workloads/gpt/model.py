@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from orchestrator.workloads.gpt.config import GPTModelConfig
+from orchestrator.workloads.lm_data import random_token_batches
 from orchestrator.workloads.penalties import weight_penalty
 
 INIT_STD = 0.02
@@ -142,9 +143,4 @@ def probe_setup(spec: Any) -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, 
     cfg = GPTModelConfig(**spec.model)
     ds = spec.deepspeed
     model = GPT(cfg, activation_checkpointing=ds.activation_checkpointing)
-
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randint(0, cfg.vocab_size, (ds.micro_batch_size, cfg.seq_len))
-        return x, torch.roll(x, -1, dims=1)
-
-    return model, batch
+    return model, random_token_batches(cfg.vocab_size, ds.micro_batch_size, cfg.seq_len)

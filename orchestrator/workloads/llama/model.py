@@ -26,6 +26,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from orchestrator.workloads.llama.config import LlamaModelConfig, hf_config_kwargs
+from orchestrator.workloads.lm_data import random_token_batches
 from orchestrator.workloads.penalties import weight_penalty
 
 
@@ -103,9 +104,4 @@ def probe_setup(spec: Any) -> tuple[nn.Module, Callable[[], tuple[torch.Tensor, 
     cfg = LlamaModelConfig(**spec.model)
     ds = spec.deepspeed
     model = LlamaLM(cfg, activation_checkpointing=ds.activation_checkpointing)
-
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.randint(0, cfg.vocab_size, (ds.micro_batch_size, cfg.seq_len))
-        return x, torch.roll(x, -1, dims=1)
-
-    return model, batch
+    return model, random_token_batches(cfg.vocab_size, ds.micro_batch_size, cfg.seq_len)
