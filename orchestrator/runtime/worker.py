@@ -40,6 +40,7 @@ from orchestrator.runtime.checkpoint_writer import (
     restore_candidates,
 )
 from orchestrator.runtime.host_memory import pin_mmap_threshold
+from orchestrator.runtime.mapped_loads import mapped_torch_loads
 from orchestrator.runtime.reshard import convert_to_universal, saved_world_size, universal_config
 from orchestrator.runtime.shm_buffers import release_own_buffer, sweep_stale_buffers
 from orchestrator.runtime.step_metrics import health_metrics
@@ -246,7 +247,8 @@ class WorkerContext:
                         print(f"orch: resharding checkpoint step {step} from {saved_world} to {self.world_size} "
                               "workers (DeepSpeed universal checkpoint)", flush=True)
                     load_root = convert_to_universal(root / tag)
-                _, client_state = engine.load_checkpoint(str(load_root), tag=tag)
+                with mapped_torch_loads():  # no second in-memory copy of the optimizer states
+                    _, client_state = engine.load_checkpoint(str(load_root), tag=tag)
                 self._set_rng(client_state["rng"])
                 shutil.rmtree(root, ignore_errors=True)
                 shutil.rmtree(load_root, ignore_errors=True)
