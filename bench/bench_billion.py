@@ -4,7 +4,7 @@
 
 1. the same model at ZeRO-0 is refused before launch (with the numbers);
 2. `orch submit jobs/examples/gpt-1b-zero3.yaml` (1.01B parameters, ZeRO-3 bf16, 2 workers) with full checkpoints
-   (bf16 weights, fp32 master, Adam moments: ~14 GB) committed to s3rver every `--every` steps;
+   (fp32 master weights and Adam moments: ~12 GB) committed to s3rver every `--every` steps;
 3. rank 1 is SIGKILLed once the first checkpoint is committed; the job resumes from it and the steps it trains
    again must give the losses the killed attempt logged;
 4. `orch export --format hf` of the final checkpoint, its peak memory against the fp32 model's size;

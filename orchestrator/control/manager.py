@@ -327,10 +327,13 @@ class JobManager:
             return rec
         job_store = open_store(rec.storage_uri)
         metrics = read_metrics(job_store)
-        updates: dict = {"attempts": count_attempts(job_store)}
+        attempts = count_attempts(job_store)
+        # 0 also when this process cannot read the store (no credentials here): never overwrite a known count with it.
+        updates: dict = {"attempts": attempts} if attempts else {}
         if metrics:
             updates["metrics_json"] = latest_metrics(metrics)
-        self.db.update(rec.id, **updates)
+        if updates:
+            self.db.update(rec.id, **updates)
         result = read_result(job_store) if status not in ("PENDING", "RUNNING") else None
         verdict_reason = (result or {}).get("reason") or ("" if result else verdict_from_logs(ray_message) or "")
         return self.apply(rec, decide(Observation(

@@ -186,3 +186,17 @@ def test_resume_without_address_goes_back_to_the_cluster_the_job_ran_on(manager)
     resumed = manager.resume(rec.id)
     assert resumed.ray_address == URL and resumed.state == JobState.STARTING
     assert not (manager.home / "cluster" / "cluster.json").exists()
+
+
+def test_a_status_that_cannot_read_the_store_keeps_the_attempts_it_knew(manager, monkeypatch):
+    job = manager.submit(_spec("a"))
+    store = open_store(job.storage_uri)
+    for n in (1, 2):
+        store.put_bytes(f"attempts/attempt-{n:04d}.json", b"{}")
+    manager._ray[URL].statuses[job.id] = "RUNNING"
+    manager.tick()
+    assert manager.db.get(job.id).attempts == 2
+    # Another `orch status` without the storage credentials: every read fails, the count stays.
+    monkeypatch.setattr(manager_module, "count_attempts", lambda store: 0)
+    manager.tick()
+    assert manager.db.get(job.id).attempts == 2

@@ -1,6 +1,6 @@
 """The billion-parameter path (bench/bench_billion.py) at ~38M parameters, where model states, not the process
-runtime, decide memory: ZeRO-3 bf16 with buffers sized from the model, full checkpoints (bf16 weights, fp32
-master, Adam moments) committed to a disk-backed S3 server, a worker SIGKILLed after a commit resumes (its
+runtime, decide memory: ZeRO-3 bf16 with buffers sized from the model, full checkpoints (fp32 master
+weights, Adam moments) committed to a disk-backed S3 server, a worker SIGKILLed after a commit resumes (its
 checkpoint read through memory maps) and trains the same losses again, the export streams into a Hugging Face
 directory that reproduces the job's eval loss, and `orch estimate` predicts each worker's peak RSS within 15%."""
 
@@ -81,14 +81,16 @@ def test_zero3_bf16_checkpoints_to_disk_s3_resumes_exports_and_fits_its_estimate
     before_kill = _losses(store)
     os.kill(json.loads(store.get_bytes("workers/rank-00001.json"))["pid"], signal.SIGKILL)
     assert max(before_kill) < STEPS, "the job finished before the kill: lengthen it"
-    wait_for(lambda: orch.status(job_id)["state"] in ("SUCCEEDED", "FAILED"), timeout=600, what="job end")
-    status = orch.status(job_id)
+    status_of = lambda: json.loads(orch.run("status", job_id, "--json", extra_env=env).stdout)  # noqa: E731
+    wait_for(lambda: status_of()["state"] in ("SUCCEEDED", "FAILED"), timeout=600, what="job end")
+    status = status_of()
     assert status["state"] == "SUCCEEDED" and status["attempts"] == 2, status["message"]
 
-    # The full checkpoint (every rank's bf16 weights, fp32 master and Adam moments) is on the server's disk.
+    # The full checkpoint (every rank's fp32 master weights and both Adam moments; ZeRO-3 keeps no separate bf16
+    # copy) is on the server's disk.
     final_step = max(c.step for c in checkpoints.list_checkpoints(store) if c.committed)
     stored = sum(o.size for o in store.list(f"checkpoints/{checkpoints.step_tag(final_step)}/"))
-    assert stored > 14 * est.params  # 2 + 4 + 8 bytes per parameter, and more
+    assert stored > 12 * est.params  # 4 + 8 bytes per parameter, and the model-state files
     second = sorted(o.key for o in store.list("attempts/"))[1]
     restored = json.loads(store.get_bytes(second))["restored_step"]
     assert restored >= first
