@@ -43,6 +43,7 @@ class Net(torch.nn.Module):
 
 torch.manual_seed(0)
 model = Net()
+params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them (tied: counted once)
 ds = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 1, "steps_per_print": 10**9,
       "zero_optimization": {"stage": 3}}
 engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=ds)
@@ -52,7 +53,7 @@ with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
     sample = {k: v.detach().clone() for k, v in engine.module.state_dict().items()
               if k in ("emb.weight", "layers.7.weight", "layers.39.bias")}
 torch.save(sample, os.path.join(sys.argv[1], "sample.pt"))
-print(json.dumps({"params": sum(p.numel() for p in engine.module.parameters())}))
+print(json.dumps({"params": params}))
 """
 
 # A fresh process: everything imported first, so the peak growth measured is the export's own.
