@@ -6,7 +6,9 @@ with DeepSpeed's own consolidation code, on CPU, without starting any distribute
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,39 @@ def choose_step(store: ObjectStore, step: int | None) -> int:
     return step
 
 
-def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
+class LazyTensor:
+    """One consolidated tensor, known by shape and dtype (fp32) and produced only when `materialize()` is called.
+
+    Its source is a DeepSpeed ZeRO 1-3 pseudo tensor (gathered from the memory-mapped shards on `.contiguous()`)
+    or a tensor of a memory-mapped ZeRO-0 file; either way nothing is read into memory until asked for."""
+
+    def __init__(self, source: Any) -> None:
+        import torch
+
+        self._source = source
+        self.shape = torch.Size(source.shape)
+        self.dtype = torch.float32  # consolidation gives fp32, whatever the training precision
+
+    def numel(self) -> int:
+        return int(self.shape.numel())
+
+    def element_size(self) -> int:
+        return 4
+
+    def materialize(self) -> Any:
+        """A fresh fp32 tensor each call (tied weights are produced once per name, never sharing storage)."""
+        import torch
+
+        tensor = self._source.contiguous()  # a GatheredTensor gathers here; a mapped tensor stays mapped
+        return tensor.detach().to(torch.float32)
+
+
+@contextlib.contextmanager
+def open_consolidated(store: ObjectStore, step: int) -> Iterator[dict[str, LazyTensor]]:
+    """The checkpoint at `step` as name -> LazyTensor; the downloaded files live until the block ends.
+
+    The optimizer shards are memory-mapped (DeepSpeed drops the Adam moments unread), so a caller that writes one
+    tensor at a time holds about one tensor at a time, not the model."""
     import torch
 
     with tempfile.TemporaryDirectory(prefix="orch-export-") as tmp:
@@ -49,26 +83,43 @@ def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
                     with deepspeed_quietly_on_cpu():
                         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-                        state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag)
+                        state = get_fp32_state_dict_from_zero_checkpoint(tmp, tag=tag, lazy_mode=True)
                 else:  # ZeRO stage 0: rank 0 saved the whole module
-                    state = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt")["module"]
+                    state = torch.load(Path(tmp) / tag / "mp_rank_00_model_states.pt", mmap=True)["module"]
             except OrchError:
                 raise
             except Exception as exc:  # a file that is not what DeepSpeed wrote: say so, no traceback
-                raise OrchError(
-                    f"Checkpoint step {step} under {store.uri} cannot be consolidated ({type(exc).__name__}: "
-                    f"{str(exc)[:200]}). Its files are not a DeepSpeed checkpoint this version can read; try an "
-                    "older one with --step (see orch checkpoints)."
-                ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise OrchError(f"Checkpoint step {step} under {store.uri} holds no model state dict; try another "
-                        "step with --step (see orch checkpoints).")
-    # Tied weights share storage; give each tensor its own so every format can save it. Each source tensor is
-    # dropped as its copy is made, so a big model is not held twice while this runs.
-    return {k: state.pop(k).detach().to(torch.float32).clone().contiguous() for k in list(state)}
+                raise _unreadable(store, step, exc) from None
+        if not isinstance(state, dict) or not all(_tensor_like(v) for v in state.values()):
+            raise OrchError(f"Checkpoint step {step} under {store.uri} holds no model state dict; try another "
+                            "step with --step (see orch checkpoints).")
+        yield {str(k): LazyTensor(v) for k, v in state.items()}
 
 
-def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
+def _tensor_like(value: Any) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return True
+    return hasattr(value, "shape") and hasattr(value, "dtype") and callable(getattr(value, "contiguous", None))
+
+
+def _unreadable(store: ObjectStore, step: int, exc: Exception) -> OrchError:
+    return OrchError(
+        f"Checkpoint step {step} under {store.uri} cannot be consolidated ({type(exc).__name__}: "
+        f"{str(exc)[:200]}). Its files are not a DeepSpeed checkpoint this version can read; try an "
+        "older one with --step (see orch checkpoints)."
+    )
+
+
+def consolidated_state_dict(store: ObjectStore, step: int) -> dict[str, Any]:
+    """The whole consolidated fp32 state dict in memory (torch.save, predict): each tensor with its own storage."""
+    with open_consolidated(store, step) as lazy:
+        return {name: lazy.pop(name).materialize().clone() for name in list(lazy)}
+
+
+def save_state_dict(state: Mapping[str, Any], out: Path, fmt: str) -> None:
+    """Write `state` (tensors or LazyTensors): safetensors streams one tensor at a time, pt materialises all."""
     try:
         _save(state, out, fmt)
     except OSError as exc:
@@ -76,17 +127,23 @@ def save_state_dict(state: dict[str, Any], out: Path, fmt: str) -> None:
                         "can write.") from None
 
 
-def _save(state: dict[str, Any], out: Path, fmt: str) -> None:
+def _save(state: Mapping[str, Any], out: Path, fmt: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
+    try:
+        if fmt == "safetensors":
+            from orchestrator.control.safetensors_stream import tensor_entry, write_file
 
-        save_file(state, str(tmp))
-    else:
-        import torch
+            write_file(tmp, [tensor_entry(name, t) for name, t in state.items()], metadata={"format": "pt"})
+        else:
+            import torch
 
-        torch.save(state, tmp)
+            # torch.save pickles one dict: the whole model is in memory here (safetensors and hf stream instead).
+            torch.save({name: t.materialize().clone() if hasattr(t, "materialize") else t
+                        for name, t in state.items()}, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a stopped or failed write leaves nothing behind
+        raise
     tmp.replace(out)  # never leave a half-written model under the requested name
 
 

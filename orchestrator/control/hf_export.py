@@ -4,13 +4,15 @@
     model.safetensors | model-0000i-of-0000n.safetensors + model.safetensors.index.json (above max_shard_size)
     tokenizer.json, tokenizer_config.json, ...    the job's tokenizer (hf_tokenizer.py)
 
-Tensors are taken out of the consolidated state dict as their shard is written, so the model is never held twice.
+Tensors are produced from the (lazy) consolidated state one at a time as their shard is written, so the model is
+never held in memory whole.
 Everything is written to DIR.partial and renamed to DIR at the end: DIR exists only complete.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -93,7 +95,7 @@ def check_exportable(spec: dict[str, Any]) -> None:
 
 def export_hf(spec: dict[str, Any], state: dict[str, Any], out: Path,
               max_shard_size: int = parse_shard_size(DEFAULT_MAX_SHARD_SIZE)) -> HFExport:
-    """Write the HF directory from a consolidated state dict. Consumes `state` (tensors leave it as written)."""
+    """Write the HF directory from a consolidated state dict (tensors or LazyTensors). Consumes `state`."""
     from orchestrator.control.hf_tokenizer import save_tokenizer, tokenizer_for
 
     tokenizer = tokenizer_for(spec)
@@ -130,13 +132,14 @@ def export_stored_run(store: Any, spec: dict[str, Any], path: str, step: int | N
     """A job's (or trial's) checkpoint in `store` -> an HF directory at `path`; the export and the step used.
 
     Every check that needs no download (the directory, the shard size, the workload) comes first."""
-    from orchestrator.control.export import choose_step, consolidated_state_dict
+    from orchestrator.control.export import choose_step, open_consolidated
 
     out = check_out_dir(path)
     size = parse_shard_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
     check_exportable(spec)  # an mlp job, or a config with no transformers equivalent: before any download
     chosen = choose_step(store, step)
-    return export_hf(spec, consolidated_state_dict(store, chosen), out, size), chosen
+    with open_consolidated(store, chosen) as state:  # streamed: tensors are produced as their shard is written
+        return export_hf(spec, state, out, size), chosen
 
 
 def _generation_config(config: Any) -> Any:
@@ -164,8 +167,10 @@ def _check_against_model(plan: Any) -> None:
 
 
 def _write_weights(plan: Any, state: dict[str, Any], out: Path, max_shard_size: int) -> tuple[int, int]:
-    """safetensors shards of at most max_shard_size bytes (a bigger tensor gets a shard of its own), HF names."""
-    from safetensors.torch import save_file
+    """safetensors shards of at most max_shard_size bytes (a bigger tensor gets a shard of its own), HF names.
+
+    Shards are planned from shapes alone, then streamed: one tensor is produced, written and dropped at a time."""
+    from orchestrator.control.safetensors_stream import tensor_entry, write_file
 
     groups: list[list[Any]] = [[]]
     size = 0
@@ -180,16 +185,12 @@ def _write_weights(plan: Any, state: dict[str, Any], out: Path, max_shard_size: 
         [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     weight_map, total, parameters = {}, 0, 0
     for name, group in zip(names, groups, strict=True):
-        shard = {}
-        for t in group:
-            tensor = state.pop(t.source)
-            tensor = tensor.t() if t.transpose else tensor
-            shard[t.name] = tensor.contiguous()
+        entries = [tensor_entry(t.name, state.pop(t.source), t.transpose) for t in group]
+        total += write_file(out / name, entries, metadata={"format": "pt"})
+        for t, entry in zip(group, entries, strict=True):
             weight_map[t.name] = name
-            total += tensor.numel() * tensor.element_size()
-            parameters += tensor.numel()
-        save_file(shard, str(out / name), metadata={"format": "pt"})
-        del shard  # this shard's tensors go before the next shard's are taken
+            parameters += math.prod(entry.shape)
+        del entries  # a tensor given as a real one (not lazy) is released with its shard
     if len(names) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -131,3 +131,22 @@ def test_orch_export_after_sync_refuses_a_crafted_checkpoint(saved, tmp_path):
     assert exported.returncode == 2
     assert "Refusing to load checkpoint file" in exported.stderr and "Traceback" not in exported.stderr
     assert not marker.exists() and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_lazy_consolidation_writes_both_file_formats(saved, tmp_path, stage, fmt):
+    from safetensors.torch import load_file
+
+    from orchestrator.control.export import open_consolidated, save_state_dict
+
+    store = open_store(str(tmp_path / "storage")).child("jobs/j")
+    commit(store, saved / f"zero{stage}" / STEP_TAG)
+    out = tmp_path / f"model.{fmt}"
+    with open_consolidated(store, 1) as state:
+        assert all(t.dtype == torch.float32 and t.numel() == t.shape.numel() for t in state.values())
+        save_state_dict(state, out, fmt)
+    loaded = load_file(str(out)) if fmt == "safetensors" else torch.load(out, weights_only=True)
+    expected = torch.load(saved / f"zero{stage}" / "expected.pt", weights_only=True)
+    assert loaded.keys() == expected.keys() and not out.with_name(out.name + ".partial").exists()
+    assert all(loaded[k].dtype == torch.float32 and torch.allclose(loaded[k], expected[k].float()) for k in expected)

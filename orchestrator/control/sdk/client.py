@@ -240,7 +240,7 @@ class Job:
         `format`: "pt" (torch.save), "safetensors", or "hf": a directory transformers loads by itself (config,
         safetensors shards of at most `max_shard_size`, default 5GB, and the tokenizer). Without it: safetensors
         when `safetensors` is True or the path ends in .safetensors, torch.save otherwise."""
-        from orchestrator.control.export import check_out_path, choose_step, consolidated_state_dict, save_state_dict
+        from orchestrator.control.export import check_out_path, choose_step, open_consolidated, save_state_dict
         from orchestrator.control.hf_export import check_format
 
         fmt = check_format(format, max_shard_size)
@@ -249,11 +249,11 @@ class Job:
         out = check_out_path(str(path))  # before any work: never a directory, a device or a pipe
         store = self.store(trial)
         chosen = choose_step(store, step)
-        state = consolidated_state_dict(store, chosen)
         use_st = fmt == "safetensors" if fmt else (safetensors if safetensors is not None
                                                    else out.suffix == ".safetensors")
-        save_state_dict(state, out, "safetensors" if use_st else "pt")
-        return ExportResult(str(out), chosen, len(state), sum(t.numel() for t in state.values()))
+        with open_consolidated(store, chosen) as state:  # safetensors streams it; pt holds it in memory
+            save_state_dict(state, out, "safetensors" if use_st else "pt")
+            return ExportResult(str(out), chosen, len(state), sum(t.numel() for t in state.values()))
 
     def _export_hf(self, path: str | os.PathLike, step: int | None, trial: str | None,
                    max_shard_size: str | int | None) -> ExportResult:
