@@ -327,11 +327,9 @@ class JobManager:
             return rec
         job_store = open_store(rec.storage_uri)
         metrics = read_metrics(job_store)
-        attempts = count_attempts(job_store)
-        # 0 also when this process cannot read the store (no credentials here): never overwrite a known count with it.
-        updates: dict = {"attempts": attempts} if attempts else {}
-        if metrics:
-            updates["metrics_json"] = latest_metrics(metrics)
+        # 0 also where this process cannot read the store (no credentials here): never overwrite a count with it.
+        updates = {k: v for k, v in (("attempts", count_attempts(job_store)),
+                                     ("metrics_json", metrics and latest_metrics(metrics))) if v}
         if updates:
             self.db.update(rec.id, **updates)
         result = read_result(job_store) if status not in ("PENDING", "RUNNING") else None
