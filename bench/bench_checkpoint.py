@@ -86,11 +86,11 @@ def config_label(config: Any) -> str:
 
 # -- the uploads -------------------------------------------------------------------------------------------------
 
-def ours(config: Any) -> Callable[[Path, str], None]:
+def ours(config: Any, store: Any = None) -> Callable[[Path, str], None]:
     """orch's S3 store put_file (retry wrapper, classified errors, its client settings) with `config`."""
     from orchestrator.storage import open_store, s3
 
-    store = open_store(f"s3://{BUCKET}/throughput")
+    store = store or open_store(f"s3://{BUCKET}/throughput")
 
     def upload(path: Path, key: str) -> None:
         with mock.patch.object(s3, "TRANSFER_CONFIG", config):
@@ -128,17 +128,21 @@ def throughput(path: Path, setups: dict[str, Callable[[Path, str], None]], repea
 def throughput_section(env: dict[str, str], work: Path, settings: Settings) -> list[str]:
     import boto3
 
-    from orchestrator.storage import s3
+    from orchestrator.storage import open_store, s3
 
     os.environ.update(env)
     path = work / "blob.bin"
     write_random_file(path, settings.file_bytes)
     client = boto3.client("s3")
+    store = open_store(f"s3://{BUCKET}/throughput")
+    # Both clients exist and have reached the server before anything is timed (a store builds its client lazily).
+    client.head_bucket(Bucket=BUCKET)
+    store.exists("warm-up")
     base = s3.TRANSFER_CONFIG
-    setups = {"plain": plain(base, client), "ours": ours(base)}
+    setups = {"plain": plain(base, client), "ours": ours(base, store)}
     sweep = [transfer_config(part, threads) for part, threads in settings.sweep]
     for config in sweep:
-        setups[f"ours {config_label(config)}"] = ours(config)
+        setups[f"ours {config_label(config)}"] = ours(config, store)
         setups[f"plain {config_label(config)}"] = plain(config, client)
     try:
         rates = throughput(path, setups, settings.repeats,
