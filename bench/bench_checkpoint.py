@@ -16,7 +16,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,11 +188,19 @@ def stall(bench: Bench, env: dict[str, str], async_upload: bool, settings: Setti
     os.environ.update(env)
     root = open_store(f"s3://bench/ckpt/jobs/{job}")
     rows = [r for r in _metrics(root) if "checkpoint_stall_s" in r]
-    first = min(int(o.key.split("/")[1].removeprefix("step-")) for o in root.list("checkpoints/")
-                if o.key.count("/") >= 2 and o.key.split("/")[1].startswith("step-"))
+    first = first_checkpoint_step(o.key for o in root.list("checkpoints/"))
     size = sum(o.size for o in root.list(f"checkpoints/step-{first:06d}/"))
     root.delete_prefix("checkpoints/")  # the next run (and the lead's disk) need the space
     return statistics.mean(r["checkpoint_stall_s"] for r in rows), size / MiB
+
+
+def first_checkpoint_step(keys: Iterable[str]) -> int:
+    """The earliest step with objects under checkpoints/step-NNNNNN/ (the size of one checkpoint of the run)."""
+    steps = [int(tag.removeprefix("step-")) for tag in (k.split("/")[1] for k in keys if k.count("/") >= 2)
+             if tag.startswith("step-") and tag.removeprefix("step-").isdigit()]
+    if not steps:
+        raise RuntimeError("the stall run committed no checkpoint")
+    return min(steps)
 
 
 def _metrics(store: Any) -> list[dict]:

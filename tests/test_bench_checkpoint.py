@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import zlib
 
+import pytest
+
 from bench import bench_checkpoint
 from bench.bench_checkpoint import MiB, config_label, throughput, transfer_config, write_random_file
 from orchestrator.storage import s3
@@ -43,3 +45,11 @@ def test_our_upload_uses_the_given_config_and_restores_the_store_s(monkeypatch, 
     config = transfer_config(64, 8)
     bench_checkpoint.ours(config)(tmp_path / "f", "k")
     assert seen == [config] and s3.TRANSFER_CONFIG is not config
+
+
+def test_first_checkpoint_step_reads_step_directories_only():
+    keys = ["checkpoints/latest.json", "checkpoints/step-000020/rank-0.pt", "checkpoints/step-000010/manifest.json",
+            "checkpoints/step-000010.partial/x", "checkpoints/step-000010/rank-1/state.pt"]
+    assert bench_checkpoint.first_checkpoint_step(keys) == 10
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        bench_checkpoint.first_checkpoint_step(["checkpoints/latest.json"])
