@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import GPT_85M, GPT_MODEL, MICRO_BATCH, REPO, gpt_sets
@@ -58,18 +61,34 @@ def process_env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def launch(argv: list[str], world: int) -> dict[str, Any]:
-    """Start `world` processes of this script and return rank 0's result; any failing rank fails the run."""
+    """Start `world` processes of this script and return rank 0's result; any failing rank fails the run (and
+    stops the others, which would otherwise wait for it in their next collective forever)."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.plain_loops", *argv], cwd=REPO, text=True,
-                              env=process_env(rank, world, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for rank in range(world)]
-    outputs = [proc.communicate() for proc in procs]
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        if proc.returncode != 0:
-            for other in procs:
-                other.kill()
-            raise RuntimeError(f"a plain DeepSpeed rank exited with {proc.returncode}:\n{err[-3000:]}")
-    return json.loads(outputs[0][0].strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory(prefix="orch-plain-") as tmp:
+        logs = [(open(Path(tmp) / f"{rank}.out", "w+"), open(Path(tmp) / f"{rank}.err", "w+"))  # noqa: SIM115
+                for rank in range(world)]
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.plain_loops", *argv], cwd=REPO, text=True,
+                                  env=process_env(rank, world, port), stdout=out, stderr=err)
+                 for rank, (out, err) in enumerate(logs)]
+        while any(proc.poll() is None for proc in procs):
+            if any(proc.returncode not in (None, 0) for proc in procs):
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
+            time.sleep(0.2)
+        texts = []
+        for out, err in logs:
+            out.seek(0)
+            err.seek(0)
+            texts.append((out.read(), err.read()))
+            out.close()
+            err.close()
+    failed = [rank for rank, proc in enumerate(procs) if proc.returncode != 0]
+    if failed:  # the rank that failed on its own, not one stopped above
+        rank = next((r for r in failed if procs[r].returncode != -signal.SIGKILL), failed[0])
+        raise RuntimeError(f"plain DeepSpeed rank {rank} exited with {procs[rank].returncode}:\n"
+                           f"{texts[rank][1][-3000:]}")
+    return json.loads(texts[0][0].strip().splitlines()[-1])
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
