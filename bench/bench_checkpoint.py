@@ -229,10 +229,14 @@ def run(bench: Bench | None, settings: Settings | None = None) -> str:
     settings = settings or Settings()
     with tempfile.TemporaryDirectory(prefix="orch-bench-s3-", dir=settings.data_dir) as tmp:
         work = Path(tmp)
-        with disk_server(work) as env:
-            lines = stall_section(bench, env, settings) if settings.stall and bench else []
-            if settings.throughput:
-                lines += throughput_section(env, work, settings)
+        try:
+            with disk_server(work) as env:
+                lines = stall_section(bench, env, settings) if settings.stall and bench else []
+                if settings.throughput:
+                    lines += throughput_section(env, work, settings)
+        except Exception as exc:  # the server's own log says what an InternalError was; it goes with the dir
+            log = "\n".join(p.read_text()[-3000:] for p in work.glob("s3rver-*.log"))
+            raise RuntimeError(f"{exc}\n--- s3rver log ---\n{log}") from exc
     return "\n".join(lines).strip()
 
 
