@@ -12,17 +12,28 @@ import subprocess
 import sys
 import traceback
 
-from bench import bench_checkpoint, bench_data_prepare, bench_gpu, bench_latency, bench_manager, bench_overhead
+from bench import (
+    bench_checkpoint,
+    bench_data_prepare,
+    bench_gpu,
+    bench_largest,
+    bench_latency,
+    bench_manager,
+    bench_overhead,
+)
 from bench.common import REPO, Bench, machine
 
 IN_PROCESS = {
-    "overhead": ("Orchestration overhead (target: orch at 1 worker >= 0.95 of plain DeepSpeed)", bench_overhead.run),
+    "overhead": ("Orchestration overhead at ~85M parameters (target: orch >= 0.95 of plain DeepSpeed on 1 and 2 "
+                 "workers)", bench_overhead.run),
     "latency": ("Submit-to-first-step latency", bench_latency.run),
     "checkpoint": ("Checkpoint stall and upload throughput", bench_checkpoint.run),
     "manager": ("Manager scaling", bench_manager.run),
     "gpu": ("GPU: tokens/s and MFU of the 124M and 1.0B GPT jobs on one GPU", bench_gpu.run),
     "data_prepare": ("`orch data prepare` throughput on 2 cores vs one process running the same tokenizer",
                      bench_data_prepare.run),
+    "largest": ("Largest model trained here per ZeRO stage (2 workers, bf16, a per-worker memory budget)",
+                bench_largest.run),
 }
 # Scripts that print their own markdown table.
 SCRIPTS = {
