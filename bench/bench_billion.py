@@ -126,13 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["zero0_refusal"] = {"exit": refused.returncode, "message": refused.stderr.strip()[-1500:]}
         if refused.returncode == 0:  # it fits this budget after all: do not let it take the cluster
             bench.orch("cancel", refused.stdout.strip().splitlines()[-1].split()[1], env=env, check=False)
-        print(f"ZeRO-0: exit {refused.returncode}: {refused.stderr.strip()[:600]}", flush=True)
+        print(f"ZeRO-0: exit {refused.returncode}: {refused.stderr.strip()[:600]}", file=sys.stderr, flush=True)
 
         started = time.time()
         job = bench.orch("submit", SPEC, *set_args(sets), *budget, env=env).stdout.strip().splitlines()[-1]
         store = open_store(f"s3://{BUCKET}/billion/jobs/{job}")
         figures["job"] = job
-        print(f"submitted {job}", flush=True)
+        print(f"submitted {job}", file=sys.stderr, flush=True)
 
         def first_commit() -> list[int]:
             if state(bench, job, env)["state"] in TERMINAL:
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.kill(victim, signal.SIGKILL)
         figures["kill"] = {"after_commit_of": first, "last_logged_step": max(before_kill, default=0),
                            "seconds_after_submit": round(time.time() - started), "losses_before": before_kill}
-        print(f"killed rank 1 (pid {victim}) after step {first} committed; logged {sorted(before_kill)}", flush=True)
+        print(f"killed rank 1 (pid {victim}) after step {first} committed; logged {sorted(before_kill)}", file=sys.stderr, flush=True)
 
         final_state = wait_until("the job's end", lambda: (s := state(bench, job, env))["state"] in TERMINAL and s,
                                  args.timeout, poll_s=15)
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds, peak = timed_export(bench, job, out, env)
         figures["export"] = {"seconds": round(seconds), "peak_rss": peak,
                              "files": sorted(p.name for p in out.iterdir())}
-        print(f"export: {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
+        print(f"export: {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB", file=sys.stderr, flush=True)
 
         spec = yaml.safe_load(store.get_bytes("spec.yaml"))
         figures["micro_batch"] = spec["deepspeed"]["micro_batch_size"]
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     scratch / "fresh")[str(out)]
         figures["hf_eval"] = {"class": got["class"], "target_loss": got["target_loss"],
                               "job_eval_loss": figures["final"].get("eval_loss")}
-        print(json.dumps(figures["hf_eval"]), flush=True)
+        print(json.dumps(figures["hf_eval"]), file=sys.stderr, flush=True)
     return figures
 
 
