@@ -32,6 +32,7 @@ import yaml
 
 from bench.common import REPO, Bench
 from tests.disk_s3 import CREDENTIALS, disk_s3_server
+from tests.gpt_eval import gpt_eval_batches
 
 SPEC = "jobs/examples/gpt-1b-zero3.yaml"
 BUCKET = "orch"
@@ -88,24 +89,6 @@ def timed_export(bench: Bench, job: str, out: Path, env: dict[str, str]) -> tupl
     return time.perf_counter() - started, maxrss * 1024
 
 
-def eval_batches(spec: dict[str, Any], step: int, world_size: int) -> tuple[list[list[int]], list[list[int]]]:
-    """The job's last evaluation batches, drawn exactly as each rank drew them."""
-    from orchestrator.runtime.worker import data_generator
-    from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
-    from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
-
-    model_cfg, data_cfg = GPTModelConfig(**spec["model"]), GPTDataConfig(**spec["data"])
-    dataset = TokenDataset(load_tokens(data_cfg, model_cfg.vocab_size, read_bytes=None), data_cfg.val_fraction)
-    xs, ys = [], []
-    for rank in range(world_size):
-        generator = data_generator(spec["train"]["seed"], step, 0, rank, "val")
-        for _ in range(spec["train"]["eval_batches"]):
-            x, y = dataset.batch(generator, spec["deepspeed"]["micro_batch_size"], model_cfg.seq_len, "val")
-            xs += x.tolist()
-            ys += y.tolist()
-    return xs, ys
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.storage import open_store
     from tests.control.hf_fresh import load_in_fresh_process
@@ -145,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.kill(victim, signal.SIGKILL)
         figures["kill"] = {"after_commit_of": first, "last_logged_step": max(before_kill, default=0),
                            "seconds_after_submit": round(time.time() - started), "losses_before": before_kill}
-        print(f"killed rank 1 (pid {victim}) after step {first} committed; logged {sorted(before_kill)}", file=sys.stderr, flush=True)
+        print(f"killed rank 1 (pid {victim}) after step {first} committed; logged {sorted(before_kill)}",
+              file=sys.stderr, flush=True)
 
         final_state = wait_until("the job's end", lambda: (s := state(bench, job, env))["state"] in TERMINAL and s,
                                  args.timeout, poll_s=15)
@@ -182,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         spec = yaml.safe_load(store.get_bytes("spec.yaml"))
         figures["micro_batch"] = spec["deepspeed"]["micro_batch_size"]
-        ids, targets = eval_batches(spec, args.steps, 2)
+        ids, targets = gpt_eval_batches(spec, args.steps, 2)
         got = load_in_fresh_process([{"dir": str(out), "ids": ids, "targets": targets, "logits": False}],
                                     scratch / "fresh")[str(out)]
         figures["hf_eval"] = {"class": got["class"], "target_loss": got["target_loss"],

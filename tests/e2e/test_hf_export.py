@@ -8,11 +8,9 @@ import json
 import pytest
 import yaml
 
-from orchestrator.runtime.worker import data_generator
-from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
-from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
 from tests.control.hf_fresh import load_in_fresh_process
 from tests.e2e.conftest import metrics_rows
+from tests.gpt_eval import gpt_eval_batches
 
 pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(900)]
 STEPS = 20
@@ -27,15 +25,7 @@ def test_hf_export_matches_eval_loss_and_generates(orch, tmp_path):
 
     # The job's own evaluation at its last step (each of the 2 ranks' eval batches), scored by transformers alone.
     spec = yaml.safe_load((orch.storage / "jobs" / job_id / "spec.yaml").read_text())
-    model_cfg, data_cfg = GPTModelConfig(**spec["model"]), GPTDataConfig(**spec["data"])
-    dataset = TokenDataset(load_tokens(data_cfg, model_cfg.vocab_size, read_bytes=None), data_cfg.val_fraction)
-    xs, ys = [], []
-    for rank in (0, 1):
-        generator = data_generator(spec["train"]["seed"], STEPS, 0, rank, "val")
-        for _ in range(spec["train"]["eval_batches"]):
-            x, y = dataset.batch(generator, spec["deepspeed"]["micro_batch_size"], model_cfg.seq_len, "val")
-            xs += x.tolist()
-            ys += y.tolist()
+    xs, ys = gpt_eval_batches(spec, STEPS, 2)
     got = load_in_fresh_process([{"dir": str(model_dir), "ids": xs, "targets": ys, "logits": False}],
                                 tmp_path / "fresh")[str(model_dir)]
     final = [r for r in metrics_rows(orch.storage / "jobs" / job_id) if r.get("final")][-1]

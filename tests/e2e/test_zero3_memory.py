@@ -17,13 +17,11 @@ from orchestrator.core import checkpoints
 from orchestrator.core.estimate import estimate
 from orchestrator.core.spec import load_spec_file
 from orchestrator.core.zero_sizing import model_sized_zero
-from orchestrator.runtime.worker import data_generator
 from orchestrator.storage import open_store
-from orchestrator.workloads.gpt.config import GPTDataConfig, GPTModelConfig
-from orchestrator.workloads.gpt.data import TokenDataset, load_tokens
 from tests.control.hf_fresh import load_in_fresh_process
 from tests.disk_s3 import CREDENTIALS
 from tests.e2e.conftest import REPO, Orch, wait_for
+from tests.gpt_eval import gpt_eval_batches
 
 pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(900)]
 
@@ -46,20 +44,6 @@ def _rows(store) -> list[dict]:
 
 def _losses(store) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _rows(store) if "loss" in r and not r.get("final")}
-
-
-def _eval_batches(spec: dict) -> tuple[list, list]:
-    """The job's last evaluation batches, drawn exactly as each rank drew them."""
-    model_cfg, data_cfg = GPTModelConfig(**spec["model"]), GPTDataConfig(**spec["data"])
-    dataset = TokenDataset(load_tokens(data_cfg, model_cfg.vocab_size, read_bytes=None), data_cfg.val_fraction)
-    xs, ys = [], []
-    for rank in (0, 1):
-        generator = data_generator(spec["train"]["seed"], STEPS, 0, rank, "val")
-        for _ in range(spec["train"]["eval_batches"]):
-            x, y = dataset.batch(generator, spec["deepspeed"]["micro_batch_size"], model_cfg.seq_len, "val")
-            xs += x.tolist()
-            ys += y.tolist()
-    return xs, ys
 
 
 def test_zero3_bf16_checkpoints_to_disk_s3_resumes_exports_and_fits_its_estimate(orch: Orch, disk_s3, tmp_path,
@@ -114,7 +98,7 @@ def test_zero3_bf16_checkpoints_to_disk_s3_resumes_exports_and_fits_its_estimate
     out = tmp_path / "hf"
     orch.run("export", job_id, "--format", "hf", "--out", str(out), "--max-shard-size", "50MB", extra_env=env)
     assert (out / "model.safetensors.index.json").is_file()
-    ids, targets = _eval_batches(yaml.safe_load(store.get_bytes("spec.yaml")))
+    ids, targets = gpt_eval_batches(yaml.safe_load(store.get_bytes("spec.yaml")), STEPS, 2)
     got = load_in_fresh_process([{"dir": str(out), "ids": ids, "targets": targets, "logits": False}],
                                 tmp_path / "fresh")[str(out)]
     final = [r for r in _rows(store) if r.get("final")][-1]
