@@ -26,7 +26,10 @@ WORKERS = 2
 STEPS = 10
 D_MODEL, N_HEAD = 2048, 16  # the 1B example's width (seq 128 and vocab 256 come from its spec)
 MAX_LAYERS = 4096  # the search's upper end; far beyond any budget a single machine has
-RESERVED_BYTES = 3 * GiB  # left to the OS, the Ray head and the driver when the budget is derived from RAM
+# Ray's memory monitor kills workers once the node passes 95% of its RAM; below that, Ray's own processes, the
+# driver and the OS take ~4 GiB. At (RAM - 3 GiB) / 2 (10.2 GiB here) every stage's workers were killed.
+MONITOR_FRACTION = 0.95
+RESERVED_BYTES = 4 * GiB
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def physical_bound(budget: int, stage: int, workers: int = WORKERS) -> int:
 def default_budget() -> int:
     """Per-worker budget: the machine's RAM less what the rest needs, shared by the workers."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return (total - RESERVED_BYTES) // WORKERS
+    return int(total * MONITOR_FRACTION - RESERVED_BYTES) // WORKERS
 
 
 def job_sets(stage: int, n_layer: int, d_model: int = D_MODEL, n_head: int = N_HEAD) -> list[str]:
@@ -158,7 +161,7 @@ def run(bench: Bench, stages: tuple[int, ...] = STAGES, budget: int | None = Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", type=int, choices=STAGES, action="append", help="repeatable; default: all")
-    parser.add_argument("--budget-gb", type=float, help="per-worker budget (default: (RAM - 3 GiB) / 2)")
+    parser.add_argument("--budget-gb", type=float, help="per-worker budget (default: (95%% of RAM - 4 GiB) / 2)")
     parser.add_argument("--d-model", type=int, default=D_MODEL)
     parser.add_argument("--n-head", type=int, default=N_HEAD)
     parser.add_argument("--plan", action="store_true", help="print the chosen n_layer per stage; run nothing")
