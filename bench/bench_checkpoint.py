@@ -168,10 +168,11 @@ def throughput_section(env: dict[str, str], work: Path, settings: Settings) -> l
         o, p = med[f"ours {label}"], med[f"plain {label}"]
         rows.append(f"| boto3 `upload_file` | {label} | {p:.0f} | 1.00 |")
         rows.append(f"| orch S3 store `put_file` | {label} | {o:.0f} | {o / p:.2f} |")
-    best = max(sweep, key=lambda c: med[f"ours {config_label(c)}"])
-    gain = med[f"ours {config_label(best)}"] / med["ours"]
-    rows += ["", f"Fastest `put_file` config here: {config_label(best)}, {gain:.2f}x the store's "
-             f"({config_label(base)})."]
+    if sweep:
+        best = max(sweep, key=lambda c: med[f"ours {config_label(c)}"])
+        gain = med[f"ours {config_label(best)}"] / med["ours"]
+        rows += ["", f"Fastest `put_file` config here: {config_label(best)}, {gain:.2f}x the store's "
+                 f"({config_label(base)})."]
     return rows
 
 
