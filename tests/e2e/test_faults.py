@@ -35,8 +35,10 @@ def test_killed_worker_past_max_restarts_fails_with_reason(orch):
     _wait_committed(root, 10)
     first = _rank_pid(root, 1)
     os.kill(first, signal.SIGKILL)
-    # The one restart allowed: a new worker group (rank 1 has a new process); then rank 1 dies again.
-    second = wait_for(lambda: (pid := _rank_pid(root, 1)) != first and pid, timeout=300, what="the restart")
+    # The one restart allowed: a new worker group (rank 1 has a new process) that has restored and recorded its
+    # attempt (a kill before that record would leave one attempt on file); then rank 1 dies again.
+    second = wait_for(lambda: len(attempts(root)) == 2 and (pid := _rank_pid(root, 1)) != first and pid,
+                      timeout=300, what="the restart")
     os.kill(second, signal.SIGKILL)
     wait_for(lambda: orch.status(job_id)["state"] in ("SUCCEEDED", "FAILED"), timeout=300, what="job end")
     status = orch.status(job_id)
