@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.common import REPO, Bench
 from tests.disk_s3 import CREDENTIALS, disk_s3_server
 from tests.gpt_eval import gpt_eval_batches
@@ -45,12 +43,6 @@ def set_args(sets: list[str]) -> list[str]:
 
 def read_json(store: Any, key: str) -> Any:
     return json.loads(store.get_bytes(key))
-
-
-def metric_rows(store: Any) -> list[dict[str, Any]]:
-    if not store.exists("metrics.jsonl"):
-        return []
-    return [json.loads(line) for line in store.get_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
 
 
 def losses(rows: list[dict[str, Any]]) -> dict[int, float]:
@@ -90,6 +82,7 @@ def timed_export(bench: Bench, job: str, out: Path, env: dict[str, str]) -> tupl
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from orchestrator.core.run import read_metrics, read_spec
     from orchestrator.storage import open_store
     from tests.control.hf_fresh import load_in_fresh_process
 
@@ -123,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return committed(store)
 
         first = wait_until("the first committed checkpoint", first_commit, args.timeout)[0]
-        before_kill = losses(metric_rows(store))
+        before_kill = losses(read_metrics(store))
         victim = read_json(store, "workers/rank-00001.json")["pid"]
         os.kill(victim, signal.SIGKILL)
         figures["kill"] = {"after_commit_of": first, "last_logged_step": max(before_kill, default=0),
@@ -138,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if final_state["state"] != "SUCCEEDED":
             raise RuntimeError(f"job {job} ended {final_state['state']}: {final_state.get('message')}")
 
-        rows = metric_rows(store)
+        rows = read_metrics(store)
         after = losses(rows)
         attempts = [read_json(store, o.key) for o in store.list("attempts/")]
         restored = max(a.get("restored_step", 0) for a in attempts)
@@ -164,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "files": sorted(p.name for p in out.iterdir())}
         print(f"export: {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB", file=sys.stderr, flush=True)
 
-        spec = yaml.safe_load(store.get_bytes("spec.yaml"))
+        spec = read_spec(store)
         figures["micro_batch"] = spec["deepspeed"]["micro_batch_size"]
         ids, targets = gpt_eval_batches(spec, args.steps, 2)
         got = load_in_fresh_process([{"dir": str(out), "ids": ids, "targets": targets, "logits": False}],

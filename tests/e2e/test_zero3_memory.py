@@ -11,10 +11,10 @@ import os
 import signal
 
 import pytest
-import yaml
 
 from orchestrator.core import checkpoints
 from orchestrator.core.estimate import estimate
+from orchestrator.core.run import read_metrics, read_spec
 from orchestrator.core.spec import load_spec_file
 from orchestrator.core.zero_sizing import model_sized_zero
 from orchestrator.storage import open_store
@@ -36,14 +36,8 @@ MID = ("model.d_model=512", "model.n_layer=12", "model.n_head=8", "model.seq_len
        "failure.max_restarts=1", "storage=s3://orch/zero3-mid", "name=mid-zero3")
 
 
-def _rows(store) -> list[dict]:
-    if not store.exists("metrics.jsonl"):
-        return []
-    return [json.loads(line) for line in store.get_bytes("metrics.jsonl").decode().splitlines() if line.strip()]
-
-
 def _losses(store) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in _rows(store) if "loss" in r and not r.get("final")}
+    return {r["step"]: r["loss"] for r in read_metrics(store) if "loss" in r and not r.get("final")}
 
 
 def test_zero3_bf16_checkpoints_to_disk_s3_resumes_exports_and_fits_its_estimate(orch: Orch, disk_s3, tmp_path,
@@ -98,9 +92,9 @@ def test_zero3_bf16_checkpoints_to_disk_s3_resumes_exports_and_fits_its_estimate
     out = tmp_path / "hf"
     orch.run("export", job_id, "--format", "hf", "--out", str(out), "--max-shard-size", "50MB", extra_env=env)
     assert (out / "model.safetensors.index.json").is_file()
-    ids, targets = gpt_eval_batches(yaml.safe_load(store.get_bytes("spec.yaml")), STEPS, 2)
+    ids, targets = gpt_eval_batches(read_spec(store), STEPS, 2)
     got = load_in_fresh_process([{"dir": str(out), "ids": ids, "targets": targets, "logits": False}],
                                 tmp_path / "fresh")[str(out)]
-    final = [r for r in _rows(store) if r.get("final")][-1]
+    final = [r for r in read_metrics(store) if r.get("final")][-1]
     # The job evaluated in bf16; the export is the fp32 master those weights were rounded from.
     assert got["target_loss"] == pytest.approx(final["eval_loss"], abs=0.03)
