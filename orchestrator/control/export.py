@@ -56,7 +56,8 @@ class LazyTensor:
         return 4
 
     def materialize(self) -> Any:
-        """A fresh fp32 tensor each call (tied weights are produced once per name, never sharing storage)."""
+        """The fp32 tensor. ZeRO 1-3 sources gather a new one each call; a ZeRO-0 fp32 source comes back as the mapped
+        tensor itself (tied weights then share it), so a caller that keeps the tensor clones it."""
         import torch
 
         tensor = self._source.contiguous()  # a GatheredTensor gathers here; a mapped tensor stays mapped

@@ -10,6 +10,7 @@ written, and dropped before the next one is asked for.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import sys
 from collections.abc import Callable, Iterable
@@ -37,10 +38,7 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= int(dim)
-        return count * _dtype_info(self.dtype)[1]
+        return math.prod(self.shape) * _dtype_info(self.dtype)[1]
 
 
 def _dtype_info(dtype: Any) -> tuple[str, int]:
