@@ -114,7 +114,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         config = build_deepspeed_config(spec, world)
         deepspeed.init_distributed(dist_backend="gloo")
         model = GPT(cfg, activation_checkpointing=spec.deepspeed.activation_checkpointing)
-        optimizer = build_optimizer(model, spec, torch.device("cpu"))
+        optimizer = build_optimizer(model, spec)
         # orch's worker hands DeepSpeed its warmup/cosine schedule; a constant multiplier costs the same per step.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda _: 1.0)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
@@ -126,7 +126,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             return loss.item()  # as orch's loop logs it: one sync per step
     else:
         model = GPT(cfg, activation_checkpointing=spec.deepspeed.activation_checkpointing)
-        optimizer = build_optimizer(model, spec, torch.device("cpu"))
+        optimizer = build_optimizer(model, spec)
         clip = spec.deepspeed.gradient_clipping
 
         def step(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -59,6 +59,7 @@ def _run(rank: int, args: argparse.Namespace, port: int) -> None:
 
     from orchestrator.core.deepspeed_config import build_deepspeed_config
     from orchestrator.runtime.memstats import measure_at_first_update
+    from orchestrator.runtime.worker import build_optimizer
     from orchestrator.workloads.gpt.config import GPTModelConfig, param_count
     from orchestrator.workloads.gpt.model import GPT
 
@@ -71,7 +72,7 @@ def _run(rank: int, args: argparse.Namespace, port: int) -> None:
     with ctx:
         model = GPT(cfg, activation_checkpointing=not args.no_ckpt)
     out["rss_model"] = _rss()[0]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, betas=(0.9, 0.95))
+    optimizer = build_optimizer(model, spec)  # as orchestrator/worker.py builds it
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     out["rss_init"], out["peak_init"] = _rss()
     memo: dict[str, Any] = {}

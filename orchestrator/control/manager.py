@@ -28,6 +28,7 @@ from orchestrator.control.cluster_address import (
 from orchestrator.control.index import JobIndex, JobRecord, new_job_id, ray_submission_id
 from orchestrator.control.local_cluster import LocalCluster
 from orchestrator.control.ray_jobs import RayJobs, driver_entrypoint, job_runtime_env
+from orchestrator.control.ray_retry import retry_budget_s
 from orchestrator.control.settings import db_path, orch_home, ray_address_override
 from orchestrator.core.errors import OrchError
 from orchestrator.core.lifecycle import CLUSTER_GONE, CLUSTER_STOPPED, UNREACHABLE, Observation, Transition, decide
@@ -50,6 +51,7 @@ from orchestrator.core.workload_check import check_submittable
 from orchestrator.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
+OBSERVE_RETRY_S = 3.0  # how long following a job retries an unanswered Ray status call
 
 
 class JobManager:
@@ -189,10 +191,8 @@ class JobManager:
 
     @contextmanager
     def _launch_lock(self) -> Iterator[bool]:
-        """One launcher per ORCH_HOME at a time; yields False if another process has it.
-
-        Without it, two processes ticking at once would each count the same free CPUs and start too many jobs.
-        """
+        """One launcher per ORCH_HOME at a time, else two processes ticking at once would each count the same
+        free CPUs and start too many jobs. Yields False if another process has it."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / "launch.lock", "w") as fh:
             try:
@@ -291,14 +291,13 @@ class JobManager:
         embedded = self.local.was_embedded(rec.ray_address)
         if embedded and not self._embedded_runs_at(rec.ray_address):
             return None, CLUSTER_GONE  # a new embedded cluster gets new ports: that address never comes back
-        try:
-            return self.ray_for(rec.ray_address).status(ray_submission_id(rec))
+        try:  # no answer is an observation of nothing, never a verdict (the job may still run): retry briefly,
+            # so that `orch list` shows a down cluster's jobs at once; the next tick asks again
+            budget = min(OBSERVE_RETRY_S, retry_budget_s())
+            return self.ray_for(rec.ray_address).status(ray_submission_id(rec), budget_s=budget)
         except (ClusterUnavailable, RuntimeError, OSError):  # OSError: requests' ConnectionError, a refused socket
-            if embedded and not self._embedded_runs_at(rec.ray_address):
-                return None, CLUSTER_GONE
-            # Transient errors were retried for ORCH_RAY_RETRY_S already; still no answer is an observation of
-            # nothing, never a verdict: the cluster may answer again with the job still running.
-            return UNREACHABLE, ""
+            gone = embedded and not self._embedded_runs_at(rec.ray_address)
+            return (None, CLUSTER_GONE) if gone else (UNREACHABLE, "")
 
     def _embedded_runs_at(self, url: str) -> bool:
         current = self.local.info()

@@ -92,9 +92,9 @@ class RayJobs:
                 raise error from None
         return self._client
 
-    def _call(self, call: Callable[[], T], what: str) -> T:
+    def _call(self, call: Callable[[], T], what: str, budget_s: float | None = None) -> T:
         try:
-            result = call_with_retry(call, f"{what} at {self.url}", budget_s=0.0 if self._down else None)
+            result = call_with_retry(call, f"{what} at {self.url}", budget_s=0.0 if self._down else budget_s)
         except RayTransientError:
             self._down = True
             raise
@@ -120,8 +120,9 @@ class RayJobs:
         except RuntimeError as exc:
             raise OrchError(f"Ray refused job {submission_id}: {exc}") from None
 
-    def status(self, submission_id: str) -> tuple[str | None, str]:
-        """(Ray status name or None if Ray does not know the job, Ray's message)."""
+    def status(self, submission_id: str, budget_s: float | None = None) -> tuple[str | None, str]:
+        """(Ray status name or None if Ray does not know the job, Ray's message); `budget_s` overrides how long
+        transient errors are retried."""
         def status_once() -> tuple[str | None, str]:
             try:
                 info = self.client.get_job_info(submission_id)
@@ -131,7 +132,7 @@ class RayJobs:
                 raise
             return info.status.value, info.message or ""
 
-        return self._call(status_once, f"asking for the status of {submission_id}")
+        return self._call(status_once, f"asking for the status of {submission_id}", budget_s)
 
     def stop(self, submission_id: str) -> None:
         def stop_once() -> None:

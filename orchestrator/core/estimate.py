@@ -18,8 +18,9 @@ estimate vs measured; tests check 20%):
   gradients straight into an fp32 partition, so stages 1 and 2 hold the same bytes at the update.
 - ZeRO-3 keeps the gradient partition in the parameters' dtype, and gives the fp32 master a gradient one
   optimizer sub group at a time: S = min(sub_group_size, P/N) elements (orchestrator/core/zero_sizing.py sizes
-  it; DeepSpeed's default 1e9 makes it the whole partition, (b + 4)/N). AdamW's temporaries for that sub
-  group (~8 bytes per element: sqrt and division results) are counted under buffers.
+  it; DeepSpeed's default 1e9 makes it the whole partition, (b + 4)/N). The fused AdamW kernel updates in
+  place: the unfused one would add two temporaries the size of what it updates (the whole partition under
+  ZeRO-1/2).
 - The classic "16 bytes/param, /N under ZeRO-3" (2 + 2 + 12, mixed precision) is therefore what ZeRO-3
   holds here with model-sized sub groups; DeepSpeed's own estimators assume fp16 mixed precision (18/N for
   ZeRO-3, 2 + 18/N for ZeRO-2) and are shown next to ours by `orch estimate`.
@@ -32,6 +33,8 @@ orchestrator/core/zero_sizing.py; DeepSpeed's default is 5e8). ZeRO-3 allocates 
 the whole run; ZeRO-1/2 allocate it for each backward pass. A GPU pays for the whole allocation; on CPU only
 the pages gradients are written to become resident: min(bucket, P). ZeRO-3 also holds the parameters it
 gathers for forward and backward, at most `stage3_max_live_parameters` elements in the parameters' dtype.
+On CPU, ZeRO-1/2 peak one more whole model in the parameters' dtype when they all-gather the updated weights
+(gloo stages the gather through a copy).
 Activations are estimated per micro batch (see `activation_bytes`); the runtime line is the resident
 memory of a Ray Train worker that has imported torch and DeepSpeed, before any model exists, plus what the
 workload's own libraries add (the registry's `runtime_bytes`: transformers for llama).
@@ -221,9 +224,12 @@ def _buffers(spec: JobSpec, params: int, largest: int, n: int) -> list[Component
         live = min(int(zero_cfg.get("stage3_max_live_parameters", DEFAULT_MAX_LIVE)), params)
         out.append(Component("buffers", live * b, "device",
                              "parameters gathered for forward/backward (stage3_max_live_parameters)"))
-        if not ds.offload_optimizer:
-            sub = sub_group_elements(spec, params, n)
-            out.append(Component("buffers", 8 * sub, "device", "AdamW temporaries of one optimizer sub group"))
+    if ds.zero_stage in (1, 2) and not ds.offload_optimizer and not spec.scaling.use_gpu:
+        # Measured with bench/zero3_probe.py: from the second step on, the all-gather of the updated weights
+        # peaks one whole model in the parameters' dtype above the step before (gloo's all_gather_into_tensor
+        # stages through a copy; NCCL writes into the flat buffer in place).
+        out.append(Component("buffers", params * b, "device",
+                             "all-gather of the updated weights after each step (staging copy on CPU)"))
     if ds.offload_optimizer and ds.zero_stage in (1, 2):
         out.append(Component("buffers", int(params * b / n) + 2 * 4 * largest, "host",
                              "offload staging: param copy + 2 gradient buffers"))

@@ -85,13 +85,16 @@ def data_generator(seed: int, step: int, micro: int, rank: int, split: str) -> t
     return torch.Generator().manual_seed(hash((seed, step, micro, rank, split_id)) % 2**63)
 
 
-def build_optimizer(model: torch.nn.Module, spec: JobSpec, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; on CUDA the fused kernel (one launch for the whole update instead of several per tensor).
+def build_optimizer(model: torch.nn.Module, spec: JobSpec) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel, on CPU as on CUDA: one elementwise pass per tensor instead of several.
 
-    Not with ZeRO-Offload: DeepSpeed then steps the optimizer on CPU copies of the parameters.
+    Besides the speed (~5x on CPU), the unfused update allocates two temporaries the size of the tensor it
+    updates (sqrt of exp_avg_sq and the division), and under ZeRO-1/2 that tensor is the worker's whole flat fp32
+    partition: GBs at a billion parameters. Not with ZeRO-Offload, where DeepSpeed steps the optimizer on its
+    own host copies of the parameters.
     """
     train = spec.train
-    fused = device.type == "cuda" and not spec.deepspeed.offload_optimizer
+    fused = not spec.deepspeed.offload_optimizer
     return torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.95),
                              fused=fused)
 
@@ -148,7 +151,7 @@ class WorkerContext:
     def build_engine(self, model: torch.nn.Module) -> Any:
         import deepspeed
 
-        optimizer = build_optimizer(model, self.spec, self.device)
+        optimizer = build_optimizer(model, self.spec)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=self.lr_multiplier)
         config = build_deepspeed_config(self.spec, self.world_size)
         # Whether the checkpoint to restore was written by another number of workers decides how this engine

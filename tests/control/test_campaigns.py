@@ -25,7 +25,7 @@ class FakeRay:
         self.status_value: tuple[str | None, str] = ("PENDING", "")
         self.submitted: list[tuple[str, str]] = []
 
-    def status(self, submission_id: str) -> tuple[str | None, str]:
+    def status(self, submission_id: str, budget_s: float | None = None) -> tuple[str | None, str]:
         return self.status_value
 
     def submit(self, submission_id, entrypoint, runtime_env, metadata) -> None:

@@ -31,7 +31,7 @@ class FakeRay:
         self.submitted.append(submission_id)
         self.statuses[submission_id] = "PENDING"
 
-    def status(self, submission_id):
+    def status(self, submission_id, budget_s=None):
         return self.statuses.get(submission_id), "driver exited" if self.statuses.get(submission_id) == "FAILED" else ""
 
     def stop(self, submission_id):
@@ -146,7 +146,7 @@ def test_driver_verdict_in_ray_logs_is_used_when_storage_could_not_take_it(manag
     rec = manager.submit(_spec("nostore", restarts=3))
     fake = manager._ray[URL]
     fake.statuses[rec.id] = "FAILED"
-    fake.status = lambda sid: ("FAILED", "Job entrypoint command failed with exit code 1, last available logs:\n"
+    fake.status = lambda sid, budget_s=None: ("FAILED", "Job entrypoint command failed with exit code 1, last available logs:\n"
                                "Traceback ...\norch: job FAILED: StorageError: 3 checkpoints in a row could not be "
                                "uploaded\n")
     manager.tick()
@@ -162,19 +162,28 @@ def test_a_cluster_on_another_machine_is_refused_local_storage(manager):
     assert manager.db.list() == [] and not (manager.home / "storage").exists()
 
 
-def test_a_job_on_an_unreachable_cluster_that_is_not_ours_stays_as_it_is(manager):
+def test_a_job_on_an_unreachable_cluster_that_is_not_ours_stays_as_it_is(manager, monkeypatch):
     rec = manager.submit(_spec("far"))
     manager._ray[URL].statuses[rec.id] = "RUNNING"
     manager.tick()
 
+    budgets = []
+
     class Unreachable(FakeRay):
-        def status(self, submission_id):
+        def status(self, submission_id, budget_s=None):
+            budgets.append(budget_s)
             raise manager_module.ClusterUnavailable("down")
 
     manager._ray[URL] = Unreachable()
     manager.tick()
     # Not the embedded cluster: it may come back with the job still running, so it is neither failed nor rerun.
     assert manager.db.get(rec.id).state == JobState.RUNNING
+    # Following a job retries its status only briefly (no answer changes nothing), never ORCH_RAY_RETRY_S' 60 s,
+    # and not at all when the user turned retries off.
+    assert budgets == [manager_module.OBSERVE_RETRY_S] and manager_module.OBSERVE_RETRY_S <= 5
+    monkeypatch.setenv("ORCH_RAY_RETRY_S", "0")
+    manager.tick()
+    assert budgets[-1] == 0
 
 
 def test_resume_without_address_goes_back_to_the_cluster_the_job_ran_on(manager):

@@ -56,8 +56,8 @@ def test_estimate_components_for_the_gpt_example():
     assert est.component("runtime") == RUNTIME_BYTES
     assert est.component("activations") > 0
     # The model-sized reduce bucket holds the whole (tiny) model; ZeRO-3 also gathers up to
-    # stage3_max_live_parameters (here all of it) and steps AdamW on one sub group (the local half).
-    assert est.component("buffers") == 120_576 * 4 + 120_576 * 4 + 8 * 60_288
+    # stage3_max_live_parameters (here all of it); the fused AdamW step needs no temporaries.
+    assert est.component("buffers") == 120_576 * 4 + 120_576 * 4
     assert est.total == sum(c.bytes for c in est.components)
     assert est.flops_per_token == flops_per_token(cfg)
     assert est.tokens_per_step == 8 * 64 * 2
@@ -149,6 +149,16 @@ def test_admission_uses_the_cluster_nodes_when_no_override(monkeypatch):
     with pytest.raises(OrchError, match=r"node memory / CPUs x 1 CPUs per worker"):
         admission_check(spec(), tiny_node)
     assert admission_check(spec(), [{"resources_total": {"CPU": 2.0, "memory": 16 * GiB}}]) is not None
+
+
+def test_zero1_and_2_on_cpu_count_the_all_gather_staging_copy_of_the_weights():
+    for stage in (1, 2):
+        buffers = [c for c in estimate(spec(f"deepspeed.zero_stage={stage}")).components if c.name == "buffers"]
+        staging = [c for c in buffers if "all-gather" in c.note]
+        assert [c.bytes for c in staging] == [120_576 * 4]  # one fp32 copy of the whole model
+    on_gpu = estimate(spec("deepspeed.zero_stage=2", "scaling.use_gpu=true"))
+    assert not [c for c in on_gpu.components if "all-gather" in c.note]  # NCCL gathers in place
+    assert not [c for c in estimate(spec()).components if "all-gather" in c.note]  # ZeRO-3 gathers per parameter
 
 
 def test_deepspeed_estimators_are_shown_for_comparison():
