@@ -8,10 +8,11 @@ background thread: ranks coordinate only through storage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,24 @@ log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_S = 600.0
 # Upload failures in a row after which the job stops and says storage is broken.
 MAX_CONSECUTIVE_FAILURES = 3
+
+
+@contextlib.contextmanager
+def zip_crc_skipped() -> Iterator[None]:
+    """torch.save without the CRC32 of every record in its zip file.
+
+    The CRC is computed on the training thread while it blocks, and at a billion parameters that is GBs per
+    worker; it checks nothing ours does not: every file is sha256-hashed into the manifest on upload and checked
+    again on every download (torch.load does not read the CRCs).
+    """
+    from torch.utils.serialization import config
+
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = before
 
 
 class CheckpointWriter:
@@ -46,7 +65,8 @@ class CheckpointWriter:
         self.wait()  # the only extra stall: the previous upload, if it is still running
         tag = checkpoints.step_tag(step)
         (self.local_dir / tag).mkdir(parents=True, exist_ok=True)  # every rank writes here, not just rank 0
-        engine.save_checkpoint(str(self.local_dir), tag=tag, client_state=client_state, save_latest=False)
+        with zip_crc_skipped():
+            engine.save_checkpoint(str(self.local_dir), tag=tag, client_state=client_state, save_latest=False)
         self.last_saved_step = step
         upload = self._upload_job(self.local_dir / tag, step, dict(metrics))
         if self.policy.async_upload:

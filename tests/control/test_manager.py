@@ -146,9 +146,9 @@ def test_driver_verdict_in_ray_logs_is_used_when_storage_could_not_take_it(manag
     rec = manager.submit(_spec("nostore", restarts=3))
     fake = manager._ray[URL]
     fake.statuses[rec.id] = "FAILED"
-    fake.status = lambda sid, budget_s=None: ("FAILED", "Job entrypoint command failed with exit code 1, last available logs:\n"
-                               "Traceback ...\norch: job FAILED: StorageError: 3 checkpoints in a row could not be "
-                               "uploaded\n")
+    ray_message = ("Job entrypoint command failed with exit code 1, last available logs:\nTraceback ...\norch: job "
+                   "FAILED: StorageError: 3 checkpoints in a row could not be uploaded\n")
+    fake.status = lambda sid, budget_s=None: ("FAILED", ray_message)
     manager.tick()
     final = manager.db.get(rec.id)
     assert final.state == JobState.FAILED and final.submissions == 1  # a verdict: not resubmitted
