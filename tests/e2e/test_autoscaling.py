@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.autoscaling_cluster import OBJECT_STORE_BYTES, FakeAutoscalingCluster
-from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
+from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, attempts, committed_steps, metrics_rows, wait_for
+from tests.e2e.test_multinode import _kill_schedulers
 
-pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(480)]
 
 MAX_NODES = 2
 TINY_MLP = ["name=scale", "scaling.cpus_per_worker=1", "train.steps=6", "train.warmup_steps=0", "train.eval_every=0",
@@ -27,8 +28,9 @@ TINY_MLP = ["name=scale", "scaling.cpus_per_worker=1", "train.steps=6", "train.w
             "failure.max_restarts=0"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fake_cluster() -> Iterator[FakeAutoscalingCluster]:
+    """One cluster for the module (a head takes 20-70 s to start here); each test leaves it scaled down."""
     EXTENSIONS_CACHE.mkdir(parents=True, exist_ok=True)
     # Ray's socket paths must stay short, so its temp dir is not under pytest's long tmp path.
     root = Path(tempfile.mkdtemp(prefix="orch-as-", dir="/tmp"))
@@ -49,11 +51,20 @@ def _sets(*overrides: str) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-def test_job_admitted_on_an_empty_autoscaling_cluster_scales_it_up_succeeds_and_it_scales_back_down(
-        fake_cluster, tmp_path):
+@pytest.fixture
+def orch_as(fake_cluster: FakeAutoscalingCluster, tmp_path: Path) -> Iterator[Orch]:
+    """The `orch` CLI with its own ORCH_HOME, told the fake cluster's autoscaler config."""
     home = tmp_path / "orch-home"
-    orch = Orch(home=home, env={**fake_cluster.env, "ORCH_HOME": str(home),
-                                "ORCH_AUTOSCALER_CONFIG": str(fake_cluster.config_path)})
+    try:
+        yield Orch(home=home, env={**fake_cluster.env, "ORCH_HOME": str(home),
+                                   "ORCH_AUTOSCALER_CONFIG": str(fake_cluster.config_path)})
+    finally:
+        _kill_schedulers(home)  # a failed test may leave this home's background scheduler behind
+
+
+def test_job_admitted_on_an_empty_autoscaling_cluster_scales_it_up_succeeds_and_it_scales_back_down(
+        fake_cluster, orch_as):
+    orch = orch_as
     url = fake_cluster.dashboard_url
     spec = str(REPO / "jobs/examples/mlp-digits.yaml")
     assert fake_cluster.worker_nodes() == []  # min_workers 0: nothing but the 0-CPU head
@@ -97,3 +108,40 @@ def test_job_admitted_on_an_empty_autoscaling_cluster_scales_it_up_succeeds_and_
     # Idle again: the autoscaler takes the nodes back (idle_timeout_minutes 0.1).
     wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
     print(f"scale-up + run: {run_s:.0f} s")
+
+
+def test_worker_node_lost_mid_run_is_replaced_by_the_autoscaler_and_the_job_finishes_from_its_checkpoint(
+        fake_cluster, orch_as):
+    orch = orch_as
+    steps = 60
+    job_id = orch.run("submit", str(REPO / "jobs/examples/mlp-digits.yaml"), "--address", fake_cluster.dashboard_url,
+                      *_sets("name=preempt", "scaling.num_workers=2", f"train.steps={steps}", "train.warmup_steps=0",
+                             "train.eval_every=0", "train.report_every=5", "checkpoint.every_steps=10",
+                             "checkpoint.keep_latest=0", "failure.max_restarts=1")).stdout.strip().splitlines()[-1]
+    root = orch.storage / "jobs" / job_id
+
+    # Lose a node right after a commit, while no newer checkpoint is being written, so the step to resume from
+    # is known exactly (as in test_multinode.py).
+    def quiet_after_commit() -> list[int]:
+        seen = sorted(int(p.name.split("-")[1]) for p in (root / "checkpoints").glob("step-*"))
+        committed = committed_steps(root)
+        return committed if committed and seen == committed else []
+
+    wait_for(quiet_after_commit, 300, "a committed checkpoint with no newer save in flight", poll_s=0.1)
+    first_nodes = {n["node_id"] for n in fake_cluster.worker_nodes()}
+    victim = sorted(first_nodes)[0]
+    assert fake_cluster.kill_node(victim) > 0
+    last_committed = committed_steps(root)[-1]
+    assert last_committed < steps, "the job finished before the node was lost; raise train.steps"
+
+    # The autoscaler gives up on the lost node and starts a new one for the restarted workers.
+    wait_for(lambda: len(attempts(root)) == 2, 300, "the second attempt, on a replacement node", poll_s=1.0)
+    replaced = {n["node_id"] for n in fake_cluster.worker_nodes()}
+    assert victim not in replaced and replaced - first_nodes, (first_nodes, replaced)
+    status = wait_for(lambda: (s := orch.status(job_id))["state"] in ("SUCCEEDED", "FAILED") and s, 300,
+                      "the job's end", poll_s=2.0)
+    assert status["state"] == "SUCCEEDED", status["message"]
+    assert [a["restored_step"] for a in attempts(root)] == [0, last_committed]
+    logged = [r["step"] for r in metrics_rows(root) if not r.get("final")]
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # the curve continues; no step shown twice
+    wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
