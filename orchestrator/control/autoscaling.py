@@ -165,10 +165,17 @@ def autoscaler_report(url: str) -> dict[str, Any] | None:
     except ClusterUnavailable:
         return None  # the node list just answered; a cluster status that does not is no autoscaler to count on
     report = status.get("autoscalerReport")
-    if not isinstance(report, dict):
+    if not isinstance(report, dict) or _readonly(report):
         _no_autoscaler[url] = time.monotonic() + _NO_AUTOSCALER_TTL_S
         return None
     return {**report, "loadMetricsReport": status.get("loadMetricsReport") or {}}
+
+
+def _readonly(report: dict[str, Any]) -> bool:
+    """Whether the report is Ray's monitor mirroring a cluster nobody scales (`ray start` without an autoscaling
+    config: its "readonly" provider names every node's type node_<node id>); nothing can be added there."""
+    mapping = report.get("nodeTypeMapping") or {}
+    return all(kind == f"node_{node_id}" for node_id, kind in mapping.items())
 
 
 def _running_by_type(url: str, report: dict[str, Any] | None) -> Counter[str]:

@@ -129,6 +129,13 @@ def test_autoscaling_cluster_admits_what_fits_after_scale_up_and_refuses_past_ma
         check_fits_totals(_spec(1, gpus=2.0), capacity, "Job 'a'", "it could never start", "scaling.num_workers")
 
 
+def test_rays_readonly_mirror_of_a_cluster_nobody_scales_is_no_autoscaler(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORCH_AUTOSCALER_CONFIG", str(_launcher_config(tmp_path, w={"resources": {"CPU": 4},
+                                                                                    "max_workers": 9})))
+    cluster = FakeCluster(monkeypatch, {"aa": 2.0, "bb": 1.0}, types={"aa": "node_aa", "bb": "node_bb"})
+    assert cluster_capacity(URL, cluster.totals()) == fixed({"CPU": 3.0, "GPU": 0.0})
+
+
 def test_an_autoscaler_without_its_config_refuses_with_how_to_name_it(monkeypatch):
     monkeypatch.delenv("ORCH_AUTOSCALER_CONFIG", raising=False)
     cluster = FakeCluster(monkeypatch, {"head": 0.0}, types={"head": "head"})
