@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_nodes
+from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_cluster_status, fetch_nodes
 from tests.s3server import free_port
 
-HEAD_START_TIMEOUT_S = 150.0
+HEAD_START_TIMEOUT_S = 180.0
 # Test-only: notice a dead node in a few seconds instead of Ray's default ~30 s.
 FAST_HEALTH_CHECKS = {
     "RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
@@ -88,7 +88,7 @@ class FakeAutoscalingCluster:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=env)
         deadline = time.monotonic() + HEAD_START_TIMEOUT_S
-        while not self._head_alive():
+        while not (self._head_alive() and self._autoscaler_reports()):
             if self.proc.poll() is not None:
                 raise AssertionError(f"ray start --head exited:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
@@ -99,6 +99,13 @@ class FakeAutoscalingCluster:
         try:
             return any("node:__internal_head__" in n.get("resources_total", {})
                        for n in fetch_nodes(self.dashboard_url, timeout=2.0))
+        except ClusterUnavailable:
+            return False
+
+    def _autoscaler_reports(self) -> bool:
+        """Ray's monitor publishes the autoscaler's report a few seconds after the head is up."""
+        try:
+            return bool(fetch_cluster_status(self.dashboard_url, timeout=2.0).get("autoscalerReport"))
         except ClusterUnavailable:
             return False
 

@@ -166,7 +166,8 @@ def autoscaler_report(url: str) -> dict[str, Any] | None:
         return None  # the node list just answered; a cluster status that does not is no autoscaler to count on
     report = status.get("autoscalerReport")
     if not isinstance(report, dict) or _readonly(report):
-        _no_autoscaler[url] = time.monotonic() + _NO_AUTOSCALER_TTL_S
+        if status:  # Ray's monitor has reported (a head's first seconds have no status yet: ask again next time)
+            _no_autoscaler[url] = time.monotonic() + _NO_AUTOSCALER_TTL_S
         return None
     return {**report, "loadMetricsReport": status.get("loadMetricsReport") or {}}
 
