@@ -80,10 +80,8 @@ class FakeAutoscalingCluster:
                "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
-        # As AutoscalingCluster does: the fake provider and a 1 s autoscaler loop. A lost node is given up on
-        # (terminated, then replaced if still needed) after 15 s without a report instead of 30 s.
-        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-               "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "15"}
+        # As AutoscalingCluster does: the fake provider and a 1 s autoscaler loop.
+        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=env)
@@ -113,24 +111,6 @@ class FakeAutoscalingCluster:
         """Alive nodes other than the head."""
         return [n for n in fetch_nodes(self.dashboard_url, timeout=5.0)
                 if "node:__internal_head__" not in n.get("resources_total", {})]
-
-    def kill_node(self, node_id: str) -> int:
-        """SIGKILL one worker node's processes (raylet, agents, its workers): a preempted machine. The fake provider
-        gives each node's processes its id as RAY_CLOUD_INSTANCE_ID; only processes of this cluster are looked at
-        (other fake clusters on the machine number their nodes the same way). Returns how many were killed."""
-        from tests.e2e.test_multinode import _process_tree
-
-        assert self.proc is not None
-        marker = f"RAY_CLOUD_INSTANCE_ID={node_id}".encode()
-        killed = 0
-        for pid in _process_tree(self.proc.pid):
-            try:
-                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-            except (OSError, ProcessLookupError):
-                continue  # exited meanwhile
-        return killed
 
     def stop(self) -> None:
         """SIGKILL the head's process tree: its session plus descendants that left it (the autoscaler's nodes)."""

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.autoscaling_cluster import OBJECT_STORE_BYTES, FakeAutoscalingCluster
-from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, attempts, committed_steps, metrics_rows, wait_for
+from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
 from tests.e2e.test_multinode import _kill_schedulers
 
-pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(480)]
+pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(600)]
 
 MAX_NODES = 2
 TINY_MLP = ["name=scale", "scaling.cpus_per_worker=1", "train.steps=6", "train.warmup_steps=0", "train.eval_every=0",
@@ -109,39 +109,3 @@ def test_job_admitted_on_an_empty_autoscaling_cluster_scales_it_up_succeeds_and_
     wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
     print(f"scale-up + run: {run_s:.0f} s")
 
-
-def test_worker_node_lost_mid_run_is_replaced_by_the_autoscaler_and_the_job_finishes_from_its_checkpoint(
-        fake_cluster, orch_as):
-    orch = orch_as
-    steps = 60
-    job_id = orch.run("submit", str(REPO / "jobs/examples/mlp-digits.yaml"), "--address", fake_cluster.dashboard_url,
-                      *_sets("name=preempt", "scaling.num_workers=2", f"train.steps={steps}", "train.warmup_steps=0",
-                             "train.eval_every=0", "train.report_every=5", "checkpoint.every_steps=10",
-                             "checkpoint.keep_latest=0", "failure.max_restarts=1")).stdout.strip().splitlines()[-1]
-    root = orch.storage / "jobs" / job_id
-
-    # Lose a node right after a commit, while no newer checkpoint is being written, so the step to resume from
-    # is known exactly (as in test_multinode.py).
-    def quiet_after_commit() -> list[int]:
-        seen = sorted(int(p.name.split("-")[1]) for p in (root / "checkpoints").glob("step-*"))
-        committed = committed_steps(root)
-        return committed if committed and seen == committed else []
-
-    wait_for(quiet_after_commit, 300, "a committed checkpoint with no newer save in flight", poll_s=0.1)
-    first_nodes = {n["node_id"] for n in fake_cluster.worker_nodes()}
-    victim = sorted(first_nodes)[0]
-    assert fake_cluster.kill_node(victim) > 0
-    last_committed = committed_steps(root)[-1]
-    assert last_committed < steps, "the job finished before the node was lost; raise train.steps"
-
-    # The autoscaler gives up on the lost node and starts a new one for the restarted workers.
-    wait_for(lambda: len(attempts(root)) == 2, 300, "the second attempt, on a replacement node", poll_s=1.0)
-    replaced = {n["node_id"] for n in fake_cluster.worker_nodes()}
-    assert victim not in replaced and replaced - first_nodes, (first_nodes, replaced)
-    status = wait_for(lambda: (s := orch.status(job_id))["state"] in ("SUCCEEDED", "FAILED") and s, 300,
-                      "the job's end", poll_s=2.0)
-    assert status["state"] == "SUCCEEDED", status["message"]
-    assert [a["restored_step"] for a in attempts(root)] == [0, last_committed]
-    logged = [r["step"] for r in metrics_rows(root) if not r.get("final")]
-    assert logged == sorted(set(logged)) and logged[-1] == steps  # the curve continues; no step shown twice
-    wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
