@@ -237,12 +237,13 @@ def note_waiting_for_nodes(db: JobIndex, rec: JobRecord, store: ObjectStore) -> 
     record is newer than the launch) or it stops waiting."""
     if rec.kind != "job" or rec.state not in (JobState.STARTING, JobState.RUNNING) or not rec.ray_address:
         return rec
-    started = latest_attempt_start(store)
-    workers_up = bool(started and rec.started_at and started >= rec.started_at)
     try:
-        note = "" if workers_up else waiting_note(rec.ray_address, {"CPU": rec.cpus, "GPU": rec.gpus})
+        note = waiting_note(rec.ray_address, {"CPU": rec.cpus, "GPU": rec.gpus})  # "" at once on a fixed cluster
     except ClusterUnavailable:
         return rec
+    if note:  # only then read storage: is this launch's attempt on record (its workers started)?
+        started = latest_attempt_start(store)
+        note = "" if started and rec.started_at and started >= rec.started_at else note
     if note == rec.message or (not note and not rec.message.startswith(WAITING)):
         return rec
     db.update(rec.id, message=note)
