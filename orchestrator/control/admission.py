@@ -1,9 +1,9 @@
 """Admission, checked at submit: could the worker group ever start on this cluster, and does one worker fit
 the memory it gets?
 
-The estimate itself is pure (core/estimate.py); this module compares it with the live cluster (its CPUs and
-GPUs, its nodes' memory) or a budget from the flag or ORCH_WORKER_MEMORY_GB, and refuses with the numbers and
-what would fit.
+The estimate itself is pure (core/estimate.py); this module compares it with the cluster (the CPUs and GPUs
+it has or its autoscaler can add, see autoscaling.py; its nodes' memory) or a budget from the flag or
+ORCH_WORKER_MEMORY_GB, and refuses with the numbers and what would fit.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from orchestrator.control.autoscaling import Capacity
 from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
 from orchestrator.core.errors import OrchError
 from orchestrator.core.estimate import Component, Estimate, GiB, builtin_workload, estimate
@@ -30,15 +31,28 @@ def worker_group_needs(spec: JobSpec) -> tuple[float, float]:
     return scaling.num_workers * scaling.cpus_per_worker, scaling.num_workers * scaling.worker_gpus
 
 
-def check_fits_totals(spec: JobSpec, totals: dict[str, float], who: str, outcome: str, fields: str) -> None:
-    """Refuse a worker group bigger than the whole cluster: it would wait in the queue forever."""
+def check_fits_totals(spec: JobSpec, capacity: Capacity, who: str, outcome: str, fields: str) -> None:
+    """Refuse a worker group bigger than the cluster can ever be: its alive nodes, plus what its autoscaler may
+    add. It would wait in the queue forever. One that fits only after scale-up is admitted and waits for nodes."""
     need_cpu, need_gpu = worker_group_needs(spec)
-    if need_cpu > totals["CPU"] or need_gpu > totals["GPU"]:
+    now, ceiling = capacity.now, capacity.ceiling
+    if need_cpu <= ceiling["CPU"] and need_gpu <= ceiling["GPU"]:
+        return
+    head = f"{who} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({spec.scaling.num_workers} workers), but "
+    if not capacity.autoscaler:
         raise OrchError(
-            f"{who} needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({spec.scaling.num_workers} workers), but the "
-            f"whole cluster has {totals['CPU']:g} CPUs and {totals['GPU']:g} GPUs, so {outcome}. Lower {fields}, "
+            f"{head}the whole cluster has {now['CPU']:g} CPUs and {now['GPU']:g} GPUs, so {outcome}. Lower {fields}, "
             "or use a bigger cluster (--address)."
         )
+    if not capacity.room and capacity.unknown:
+        raise OrchError(f"{head}the cluster has {now['CPU']:g} CPUs and {now['GPU']:g} GPUs now, and "
+                        f"{'; '.join(capacity.unknown)}.")
+    unknown = f" ({'; '.join(capacity.unknown)})" if capacity.unknown else ""
+    raise OrchError(
+        f"{head}the cluster has {now['CPU']:g} CPUs and {now['GPU']:g} GPUs now and its autoscaler can add at most "
+        f"{capacity.can_add()}{unknown}, so {outcome} even at its largest. Lower {fields}, or raise the autoscaler's "
+        "max_workers (or add a bigger node type)."
+    )
 
 
 def worker_memory_budget(nodes: list[dict], cpus_per_worker: float, override_gb: float | None = None

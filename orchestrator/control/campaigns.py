@@ -32,9 +32,10 @@ KIND = "campaign"
 def submit_campaign(manager: JobManager, campaign: Campaign) -> JobRecord:
     """Check storage and the cluster, store the campaign, record it and start its driver."""
     spec, job = campaign.spec, campaign.base_job
-    base, url, totals = manager.open_target(job)
-    check_fits_totals(job, totals, f"Each trial of campaign '{spec.name}'", "no trial could ever start",
+    base, url, capacity = manager.open_target(job)
+    check_fits_totals(job, capacity, f"Each trial of campaign '{spec.name}'", "no trial could ever start",
                       "trial_resources.num_workers / cpus_per_worker")
+    totals = capacity.ceiling  # trials beyond the nodes alive now wait for the autoscaler's
     trial_cpus, trial_gpus = worker_group_needs(job)
     for trial_job in (job, *campaign.probe_jobs()):  # the biggest model in the space must fit a worker too
         check_fits_cluster(trial_job, url)

@@ -136,8 +136,14 @@ def check_reachable(url: str) -> None:
     _get_json(f"{url}/api/version", timeout=5.0)
 
 
+def fetch_cluster_status(url: str, timeout: float = 10.0) -> dict:
+    """The cluster status Ray's monitor publishes (load metrics, and the autoscaler's report where one runs), with
+    the dashboard's camelCase keys; {} before the monitor has published one."""
+    status = (_get_json(f"{url}/api/cluster_status", timeout=timeout).get("data") or {}).get("clusterStatus")
+    return status if isinstance(status, dict) else {}
+
+
 def cluster_usage(url: str) -> dict[str, tuple[float, float]]:
     """{resource: (used, total)} as Ray's autoscaler reports it, e.g. {"CPU": (2.0, 2.0)}."""
-    payload = _get_json(f"{url}/api/cluster_status", timeout=10.0)
-    usage = payload["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+    usage = fetch_cluster_status(url)["loadMetricsReport"]["usage"]
     return {key: (float(used), float(total)) for key, (used, total) in usage.items()}

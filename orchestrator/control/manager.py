@@ -18,6 +18,7 @@ from pathlib import Path
 
 from orchestrator.control import job_secrets
 from orchestrator.control.admission import check_fits_cluster, check_fits_totals, worker_group_needs
+from orchestrator.control.autoscaling import Capacity, cluster_capacity, note_waiting_for_nodes
 from orchestrator.control.cluster_address import (
     ClusterUnavailable,
     cluster_totals,
@@ -122,23 +123,22 @@ class JobManager:
         return self._ray[url]
 
     # ---- submit ----------------------------------------------------------------------------------
-    def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, dict[str, float]]:
-        """Where a new job or campaign goes: its storage (checked), its cluster (the embedded one started if
-        that is it) and the cluster's total CPUs and GPUs."""
+    def open_target(self, spec: JobSpec) -> tuple[ObjectStore, str, Capacity]:
+        """A new job's or campaign's checked storage, its cluster (started if embedded) and what that can hold."""
         check_submittable(spec.workload, spec.working_dir)  # before anything starts or is written
         base = open_store(spec.storage_uri((self.home / "storage").as_uri()))
         base.check()
         url = self.cluster_url(start=True)
         assert url is not None
-        return base, url, cluster_totals(url)
+        return base, url, cluster_capacity(url, cluster_totals(url))
 
     def submit(self, spec: JobSpec, force: bool = False, memory_per_worker_gb: float | None = None) -> JobRecord:
         """Validate everything that can fail before writing anything, then record, store the spec, queue.
 
         `force` skips the memory admission check; `memory_per_worker_gb` replaces the budget it derives.
         """
-        base, url, totals = self.open_target(spec)
-        check_fits_totals(spec, totals, f"Job '{spec.name}'", "it could never start",
+        base, url, capacity = self.open_target(spec)
+        check_fits_totals(spec, capacity, f"Job '{spec.name}'", "it could never start",
                           "scaling.num_workers / scaling.cpus_per_worker")
         need_cpu, need_gpu = worker_group_needs(spec)
         if not force:
@@ -206,7 +206,7 @@ class JobManager:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _launch_fitting(self, url: str, queued: list[JobRecord]) -> None:
-        free = cluster_totals(url)
+        free = dict(cluster_capacity(url, cluster_totals(url)).ceiling)
         for rec in self.db.list(states=ACTIVE_STATES):
             if rec.ray_address == url:
                 free["CPU"] -= rec.cpus
@@ -333,11 +333,11 @@ class JobManager:
             self.db.update(rec.id, **updates)
         result = read_result(job_store) if status not in ("PENDING", "RUNNING") else None
         verdict_reason = (result or {}).get("reason") or ("" if result else verdict_from_logs(ray_message) or "")
-        return self.apply(rec, decide(Observation(
+        return note_waiting_for_nodes(self.db, self.apply(rec, decide(Observation(
             id=rec.id, kind="job", state=rec.state, ray_status=status, ray_message=ray_message,
             verdict=(result or {}).get("status"), verdict_reason=str(verdict_reason),
             cancel_requested=rec.cancel_requested, submissions=rec.submissions,
-            max_restarts=int(rec.spec.get("failure", {}).get("max_restarts", 0)))))
+            max_restarts=int(rec.spec.get("failure", {}).get("max_restarts", 0))))), job_store)
 
     # ---- user actions ----------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -368,8 +368,8 @@ class JobManager:
         self.prepare_resume(rec)
         if spec is not None:
             url = self.db.get(job_id).ray_address
-            check_fits_totals(spec, cluster_totals(url), f"Job '{spec.name}'", "it could never start",
-                              "scaling.num_workers / scaling.cpus_per_worker")
+            check_fits_totals(spec, cluster_capacity(url, cluster_totals(url)), f"Job '{spec.name}'",
+                              "it could never start", "scaling.num_workers / scaling.cpus_per_worker")
             need_cpu, need_gpu = worker_group_needs(spec)
             write_spec(open_store(rec.storage_uri), spec.redacted())  # what the driver starts its workers from
             self.db.update(job_id, spec_json=spec.redacted(), cpus=need_cpu, gpus=need_gpu)

@@ -103,6 +103,15 @@ def write_attempt(store: ObjectStore, restored_step: int) -> int:
     return attempt
 
 
+def latest_attempt_start(store: ObjectStore) -> str | None:
+    """When the newest attempt's workers started (None before any has)."""
+    count = count_attempts(store)
+    try:
+        return json.loads(store.get_bytes(attempt_key(count))).get("started_at") if count else None
+    except (StorageError, ValueError, AttributeError):
+        return None
+
+
 def first_attempt_start(store: ObjectStore) -> str | None:
     try:
         return json.loads(store.get_bytes(attempt_key(1))).get("started_at")

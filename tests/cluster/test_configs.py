@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import ray
 import yaml
 
+from orchestrator.control.autoscaling import grow, read_node_types
 from orchestrator.control.cli.main import build_parser
 from orchestrator.core.spec import load_spec_file
 from tests.paths import REPO_ROOT
@@ -97,15 +99,22 @@ def test_raycluster_has_head_and_gpu_worker_group():
         assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
 
 
-def test_gpu_workers_always_up_cover_the_gpu_example():
-    """orch refuses jobs that need more GPUs than the alive nodes have, so the minimum must fit the example."""
+def _ceiling(path: Path) -> dict[str, float]:
+    """What orch admits jobs against on that cluster started empty (head with no CPUs): all the autoscaler adds."""
+    types, limit = read_node_types(path)
+    return grow({"CPU": 0.0, "GPU": 0.0}, types, Counter(), limit).ceiling
+
+
+def test_gpu_workers_scale_from_zero_with_the_autoscaler_and_fit_the_gpu_example():
+    cluster = _by_kind("RayCluster")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    assert all(g["minReplicas"] == 0 for g in cluster["spec"]["workerGroupSpecs"])
     spec = load_spec_file(GPU_EXAMPLE)
-    gpus = sum(g["minReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-               for g in _by_kind("RayCluster")["spec"]["workerGroupSpecs"])
-    assert gpus >= spec.scaling.num_workers * spec.scaling.worker_gpus
-    cpus = float(_by_kind("RayCluster")["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-                 ["resources"]["limits"]["cpu"])
-    assert cpus >= spec.scaling.cpus_per_worker
+    ceiling = _ceiling(CLUSTER / "kuberay" / "raycluster.yaml")
+    assert ceiling["GPU"] >= spec.scaling.num_workers * spec.scaling.worker_gpus
+    assert ceiling["CPU"] >= spec.scaling.num_workers * spec.scaling.cpus_per_worker
+    env = {e["name"]: e for e in cluster["spec"]["autoscalerOptions"]["env"]}  # the autoscaler talks to the GCS
+    assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
 
 
 def test_every_ray_container_uses_token_auth_from_a_secret():
@@ -198,6 +207,7 @@ def test_rays_validation_catches_mistakes_in_the_aws_config():
     with pytest.raises(jsonschema.ValidationError):
         _ray_validate(misspelt)
     too_small = _aws()
+    too_small["available_node_types"]["gpu_g5"]["min_workers"] = 2
     too_small["max_workers"] = 1  # below the sum of min_workers
     with pytest.raises(ValueError, match="max_workers"):
         _ray_validate(too_small)
@@ -213,8 +223,9 @@ def test_aws_gpu_node_types_use_instance_profiles_not_keys():
     text = AWS_CONFIG.read_text()
     assert "AWS_ACCESS_KEY_ID" not in text and "AWS_SECRET_ACCESS_KEY" not in text
     spec = load_spec_file(GPU_EXAMPLE)
-    always_up = sum(t.get("min_workers", 0) for n, t in types.items() if n != config["head_node_type"])
-    assert always_up >= spec.scaling.num_workers  # one GPU per g5 node
+    workers = [t for n, t in types.items() if n != config["head_node_type"]]
+    assert all(t["min_workers"] == 0 for t in workers)  # GPU nodes scale from zero
+    assert _ceiling(AWS_CONFIG)["GPU"] >= spec.scaling.num_workers * spec.scaling.worker_gpus
 
 
 def test_aws_setup_installs_this_repository_and_starts_ray_with_token_auth():

@@ -52,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not statuses:
         out.print("No jobs yet. Submit one with: orch submit jobs/examples/gpt-zero3.yaml")
         return 0
-    rows = [[plain(s.id), s.kind, _state_text(s.state), plain(s.metrics.get("step", "")),
+    rows = [[plain(s.id), s.kind, _state_cell(s.state, s.message), plain(s.metrics.get("step", "")),
              plain(_fmt(s.metrics.get("loss"))), str(s.attempts), plain(s.created_at)] for s in statuses]
     print_id_table(out, ["ID", "KIND", "STATE", "STEP", "LOSS", "ATTEMPTS", "CREATED"], "ID", rows,
                    droppable=["CREATED", "ATTEMPTS", "KIND"])
@@ -130,6 +130,11 @@ STATE_STYLES = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "R
 def _state_text(state: str) -> str:
     style = STATE_STYLES.get(state)
     return f"[{style}]{state}[/]" if style else state
+
+
+def _state_cell(state: str, message: str) -> str:
+    """A job's state, with what it waits for (nodes from the autoscaler, Ray to accept it) next to it."""
+    return _state_text(state) + (f" ({plain(message)})" if (message or "").startswith("waiting for") else "")
 
 
 def _fmt(value: Any) -> str:
