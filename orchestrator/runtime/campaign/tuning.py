@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from orchestrator.core.campaign_spec import Campaign, CampaignSpec, ParamSpec
 from orchestrator.core.metrics_log import METRICS_KEY, read_jsonl
+from orchestrator.core.rungs import hyperband_brackets
 from orchestrator.storage import ObjectStore
 
 TIME_ATTR = "step"
@@ -69,8 +70,14 @@ def scheduler(campaign: Campaign, checkpoint_every: int) -> Any:
                              reduction_factor=sched.reduction_factor, brackets=sched.brackets,
                              stop_last_trials=False)
     if sched.type == "hyperband":
-        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=campaign.max_t, reduction_factor=sched.reduction_factor,
-                                  stop_last_trials=False)
+        # Hyperband without pauses: Ray's asynchronous Hyperband (ASHA over every Hyperband bracket, each trial
+        # drawn into one). Tune's synchronous HyperBandScheduler pauses trials at any report until their bracket
+        # catches up, and judges the report it paused at: a step-1 report carries no eval metric, and each pause
+        # would cost one of our trials a new worker group, started again from its last checkpoint.
+        return ASHAScheduler(time_attr=TIME_ATTR, max_t=campaign.max_t, grace_period=sched.grace_period,
+                             reduction_factor=sched.reduction_factor,
+                             brackets=hyperband_brackets(sched.grace_period, sched.reduction_factor, campaign.max_t),
+                             stop_last_trials=False)
     if sched.type == "pbt":
         space = campaign.spec.search_space
         return PopulationBasedTraining(
