@@ -92,6 +92,11 @@ def test_schedulers_count_time_in_training_steps():
     assert isinstance(hyperband, AsyncHyperBandScheduler) and hyperband._time_attr == "step"
     assert [[m for m, _ in b._rungs] for b in hyperband._brackets] == [[45, 15, 5], [45, 15], [45]]
     assert all(b._stop_last_trials is False for b in hyperband._brackets)
+    # A rung at the last step would judge trials that trained every step: there is none.
+    exact = tuning.scheduler(make(scheduler={"type": "hyperband", "max_t": 30, "grace_period": 10}), 20)
+    assert [[m for m, _ in b._rungs] for b in exact._brackets] == [[10], []]
+    asha = tuning.scheduler(make(scheduler={"type": "asha", "max_t": 270, "grace_period": 10}), 20)
+    assert [m for m, _ in asha._brackets[0]._rungs] == [90, 30, 10]
     assert isinstance(tuning.scheduler(make(), 20), FIFOScheduler)
 
 
