@@ -1,16 +1,23 @@
 """ASHA against plain random search (every trial trains its full budget) on the same space and seeds.
 
-    python bench/bench_tuning.py [--campaign jobs/examples/tune-mlp-asha.yaml] [--samples 8] [--seed 7]
+    python -m bench.bench_tuning [--samples 27] [--eta 3] [--grace 10] [--steps 270] [--seeds 7 8 9]
 
-Runs both campaigns one after the other through the real `orch tune --wait` (the embedded cluster, or
-ORCH_RAY_ADDRESS), with the same search space, seed and trial count, so both sample the same configs.
-Prints a markdown table: best metric reached, total training steps spent, trials stopped early, wall time.
+For each seed, runs both campaigns one after the other through the real `orch tune --wait` (the embedded
+cluster, or ORCH_RAY_ADDRESS), with the same search space (jobs/examples/tune-mlp-asha.yaml's), seed and trial
+count, so both sample the same configs. ASHA judges every `--grace` x eta^k steps up to `--steps`.
+Prints a markdown table per seed (best metric, total training steps, trials stopped early, wall time, campaign
+overhead per trial) and the medians over seeds of ASHA's share of the steps and of its best metric's gap.
+
+Campaign overhead per trial = campaign wall time x concurrent trials / trials, minus a trial's mean training
+time (the sum of its reported step times over the steps it trained): what starting, judging and ending a trial
+costs beyond its training steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,14 +30,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def campaign_variants(path: Path, samples: int, seed: int) -> dict[str, dict[str, Any]]:
-    """The campaign as given (ASHA) and as random search with full budgets (FIFO): nothing else differs."""
+def campaign_variants(path: Path, samples: int, seed: int, eta: float, grace: int,
+                      steps: int) -> dict[str, dict[str, Any]]:
+    """The campaign under ASHA and as random search with full budgets (FIFO): nothing else differs."""
     data = yaml.safe_load(path.read_text())
     if isinstance(data.get("base"), str) and not Path(data["base"]).is_absolute():
         data["base"] = str((path.parent / data["base"]).resolve())
+    # Reports and evals at every rung step; one checkpoint, at the end (the best trial's model is kept).
+    data["overrides"] = {**data.get("overrides", {}), "train.steps": steps, "train.warmup_steps": min(grace, 10),
+                         "train.report_every": grace, "train.eval_every": grace, "checkpoint.every_steps": steps}
     data.update(num_samples=samples, search={"algorithm": "random", "seed": seed})
-    asha = {**data, "name": f"{data['name']}-asha"}
-    full = {**data, "name": f"{data['name']}-random", "scheduler": {"type": "fifo"}}
+    asha = {**data, "name": f"{data['name']}-asha-{seed}",
+            "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": eta}}
+    full = {**data, "name": f"{data['name']}-random-{seed}", "scheduler": {"type": "fifo"}}
     return {"ASHA": asha, "random search, full budgets": full}
 
 
@@ -49,34 +61,73 @@ def run_campaign(spec: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], f
     return json.loads(status.stdout), wall
 
 
+def training_seconds(store_uri: str) -> float:
+    """The time a trial spent in training steps: each report's mean step time x the steps it covers."""
+    from orchestrator.core.run import read_metrics
+    from orchestrator.storage import open_store
+
+    total, previous = 0.0, 0
+    for row in read_metrics(open_store(store_uri)):
+        if row.get("final") or "step_time_s" not in row:
+            continue
+        step = int(row["step"])
+        total += float(row["step_time_s"]) * max(step - previous, 0)
+        previous = max(previous, step)
+    return total
+
+
+def overhead_per_trial(status: dict[str, Any], wall: float, concurrency: int) -> float:
+    trials = status["trials"]
+    train = statistics.mean(training_seconds(t["store_uri"]) for t in trials)
+    return wall * concurrency / len(trials) - train
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaign", type=Path, default=REPO / "jobs/examples/tune-mlp-asha.yaml")
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--samples", type=int, default=27)
+    parser.add_argument("--eta", type=float, default=3.0)
+    parser.add_argument("--grace", type=int, default=10, help="first rung, in steps")
+    parser.add_argument("--steps", type=int, default=270, help="every trial's full budget, in steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    parser.add_argument("--concurrency", type=int, default=2, help="trials at a time (the cluster's CPUs)")
     args = parser.parse_args(argv)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
-        for label, spec in campaign_variants(args.campaign, args.samples, args.seed).items():
-            print(f"running {label} ...", file=sys.stderr)
-            status, wall = run_campaign(spec, Path(tmp))
-            best = status.get("best_trial") or {}
-            rows.append((label, status, best, wall))
-    metric = rows[0][1]["metric"]
-    print(f"| strategy | state | trials | stopped early | best {metric} | best trial's steps | total training steps "
-          "| steps after stop decisions | wall time |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, status, best, wall in rows:
-        value = "-" if best.get("value") is None else f"{best['value']:.4f}"
-        stopped = sum(t["early_stopped"] for t in status["trials"])
-        print(f"| {label} | {status['state']} | {len(status['trials'])} | {stopped} | {value} | "
-              f"{best.get('step', '-')} | {status['total_steps']} | {status.get('steps_after_stop', 0)} | "
-              f"{wall:.0f} s |")
-    asha_steps, full_steps = rows[0][1]["total_steps"], rows[1][1]["total_steps"]
-    if full_steps:
-        print(f"\nASHA spent {asha_steps / full_steps:.0%} of the training steps of random search with full budgets "
-              f"({args.samples} trials, seed {args.seed}, {args.campaign.name}).")
-    return 0 if all(status["state"] == "SUCCEEDED" for _, status, _, _ in rows) else 1
+    shares, gaps, ok = [], [], True
+    for seed in args.seeds:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
+            for label, spec in campaign_variants(args.campaign, args.samples, seed, args.eta, args.grace,
+                                                 args.steps).items():
+                spec["max_concurrent_trials"] = args.concurrency
+                print(f"seed {seed}: running {label} ...", file=sys.stderr, flush=True)
+                status, wall = run_campaign(spec, Path(tmp))
+                rows.append((label, status, status.get("best_trial") or {}, wall))
+        metric = rows[0][1]["metric"]
+        print(f"\nSeed {seed}, {args.samples} trials, eta {args.eta:g}, rungs from {args.grace} to {args.steps} steps, "
+              f"{args.concurrency} trials at a time:\n")
+        print(f"| strategy | state | trials | stopped early | best {metric} | best trial's steps "
+              "| total training steps | steps after stop decisions | wall time | overhead per trial |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for label, status, best, wall in rows:
+            value = "-" if best.get("value") is None else f"{best['value']:.4f}"
+            stopped = sum(t["early_stopped"] for t in status["trials"])
+            overhead = overhead_per_trial(status, wall, args.concurrency)
+            print(f"| {label} | {status['state']} | {len(status['trials'])} | {stopped} | {value} | "
+                  f"{best.get('step', '-')} | {status['total_steps']} | {status.get('steps_after_stop', 0)} | "
+                  f"{wall:.0f} s | {overhead:.1f} s |", flush=True)
+        ok = ok and all(status["state"] == "SUCCEEDED" for _, status, _, _ in rows)
+        asha, full = rows[0], rows[1]
+        if full[1]["total_steps"] and asha[2].get("value") is not None and full[2].get("value") is not None:
+            shares.append(asha[1]["total_steps"] / full[1]["total_steps"])
+            gaps.append(full[2]["value"] - asha[2]["value"] if rows[0][1]["mode"] == "max"
+                        else asha[2]["value"] - full[2]["value"])
+            print(f"\nASHA spent {shares[-1]:.1%} of the training steps of random search with full budgets; its best "
+                  f"{metric} is {gaps[-1]:+.4f} behind random's.", flush=True)
+    if shares:
+        print(f"\nMedian over {len(shares)} seed(s) ({', '.join(map(str, args.seeds))}): ASHA spent "
+              f"{statistics.median(shares):.1%} of random search's training steps (target <= 33.3%), best "
+              f"{rows[0][1]['metric']} {statistics.median(gaps):+.4f} behind random's (target <= 0.01).")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ def campaign_status(rec: JobRecord) -> dict[str, Any]:
     return {
         **rec.as_dict(),
         "campaign_state": summary.get("state"),
+        "scheduler": summary.get("scheduler", rec.spec["campaign"].get("scheduler", {}).get("type", "fifo")),
+        "search": summary.get("search", rec.spec["campaign"].get("search", {}).get("algorithm", "random")),
         "metric": summary.get("metric", rec.spec["campaign"]["metric"]),
         "mode": summary.get("mode", rec.spec["campaign"]["mode"]),
         "planned_trials": summary.get("planned_trials"),

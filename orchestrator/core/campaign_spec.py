@@ -98,7 +98,7 @@ class SchedulerSpec(_Section):
     @model_validator(mode="after")
     def _options_match_type(self) -> SchedulerSpec:
         applies = {
-            "grace_period": ("asha",), "reduction_factor": ("asha", "hyperband"), "brackets": ("asha",),
+            "grace_period": ("asha", "hyperband"), "reduction_factor": ("asha", "hyperband"), "brackets": ("asha",),
             "max_t": ("asha", "hyperband"), "perturbation_interval": ("pbt",), "quantile_fraction": ("pbt",),
             "resample_probability": ("pbt",), "hyperparam_mutations": ("pbt",),
         }
@@ -363,7 +363,7 @@ def _check_metric_and_scheduler(spec: CampaignSpec, job: JobSpec, max_t: int, so
                         f"train.eval_every 0, so scheduler {spec.scheduler.type} has nothing to compare trials "
                         "by. Set overrides 'train.eval_every' (e.g. to train.report_every).")
     sched = spec.scheduler
-    if sched.type == "asha" and sched.grace_period > max_t:
+    if sched.type in ("asha", "hyperband") and sched.grace_period > max_t:
         raise SpecError(f"{source}: scheduler.grace_period ({sched.grace_period}) is longer than the longest trial "
                         f"({max_t} steps); lower it so trials can be compared before they end.")
     if sched.type == "pbt":

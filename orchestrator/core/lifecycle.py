@@ -110,7 +110,7 @@ def _job_ended(obs: Observation, target: JobState) -> Transition:
 
 def _campaign_ended(obs: Observation, target: JobState) -> Transition:
     if target == JobState.SUCCEEDED and obs.verdict == "SUCCEEDED":
-        return Transition(JobState.SUCCEEDED)
+        return Transition(JobState.SUCCEEDED, obs.verdict_reason)  # e.g. which budget ended it
     if target == JobState.CANCELLED:
         return Transition(JobState.CANCELLED, f"cancelled by user; continue it with: orch resume {obs.id}")
     reason = obs.verdict_reason

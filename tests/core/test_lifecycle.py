@@ -43,6 +43,7 @@ def test_job_decisions(state, ray, msg, verdict, reason, cancel, subs, restarts,
 CAMPAIGNS = [
     (S, "RUNNING", "", None, "", False, R, ""),
     (R, "SUCCEEDED", "", "SUCCEEDED", "", False, OK, ""),
+    (R, "SUCCEEDED", "", "SUCCEEDED", "step budget reached", False, OK, "step budget reached"),
     (R, "SUCCEEDED", "", "RUNNING", "", False, FAIL,
      "the campaign driver exited without a successful campaign.json. Continue it with: orch resume c"),
     (R, "FAILED", "x", "FAILED", "Tune broke", False, FAIL, "Tune broke. Continue it with: orch resume c"),

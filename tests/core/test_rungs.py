@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.core.campaign_spec import resolve_campaign
-from orchestrator.core.rungs import decision_steps, rung_steps
+from orchestrator.core.rungs import decision_steps, hyperband_brackets, rung_steps
 from orchestrator.core.spec import parse_spec
 from tests.paths import EXAMPLES
 
@@ -24,7 +24,12 @@ def test_asha_rungs_are_grace_times_powers_of_the_reduction_factor_below_max_t()
 
 def test_other_schedulers_are_not_gated():
     assert rung_steps(_campaign({"type": "fifo"})) == []
-    assert rung_steps(_campaign({"type": "hyperband", "reduction_factor": 2})) == []
+
+
+def test_hyperband_is_gated_at_its_first_brackets_rungs_which_hold_every_brackets():
+    assert rung_steps(_campaign({"type": "hyperband", "grace_period": 10, "reduction_factor": 3}, 100)) == [10, 30, 90]
+    assert hyperband_brackets(10, 3, 100) == 3 and hyperband_brackets(10, 3, 90) == 3
+    assert hyperband_brackets(10, 3, 30) == 2 and hyperband_brackets(10, 3, 20) == 1
 
 
 def _job(report_every: int, eval_every: int, steps: int = 120):

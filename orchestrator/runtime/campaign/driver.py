@@ -28,7 +28,7 @@ from orchestrator.core.campaign_summary import (
     read_summary,
     write_reports,
 )
-from orchestrator.core.run import read_result, read_spec, trial_key, write_result
+from orchestrator.core.run import TRIALS_PREFIX, read_result, read_spec, trial_key, write_result
 from orchestrator.core.rungs import rung_steps
 from orchestrator.core.secrets import load_secrets_file
 from orchestrator.runtime.campaign.reaper import OrphanedGroupReaper
@@ -61,6 +61,20 @@ class CampaignProgress(tune.Callback):
     def __init__(self, campaign_id: str, campaign: Campaign, store_uri: str):
         self.campaign_id, self.campaign, self.store_uri = campaign_id, campaign, store_uri
         self._written = self._plotted = 0.0
+        self._started = time.monotonic()  # this driver's start: Tune's time budget counts from it too
+
+    def budget_spent(self) -> str:
+        """Why the campaign's budget ended it ('' when it did not): its verdict says so instead of a bare end."""
+        budget = self.campaign.spec.budget
+        if budget.total_steps is not None:
+            from orchestrator.runtime.campaign.tuning import steps_in_storage
+
+            spent = sum(steps_in_storage(open_store(self.store_uri).child(TRIALS_PREFIX)).values())
+            if spent >= budget.total_steps:
+                return f"step budget reached: {spent} steps trained (budget.total_steps {budget.total_steps})"
+        if budget.time_s is not None and time.monotonic() - self._started >= budget.time_s:
+            return f"time budget reached (budget.time_s {budget.time_s:g})"
+        return ""
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
         return {"campaign_id": self.campaign_id, "campaign": self.campaign.to_record(), "store_uri": self.store_uri}
@@ -109,7 +123,7 @@ class CampaignProgress(tune.Callback):
         elif failed:
             state, reason = "FAILED", f"{len(failed)} of {len(trials)} trials failed: {self._why(failed)}"
         else:
-            state, reason = "SUCCEEDED", ""
+            state, reason = "SUCCEEDED", self.budget_spent()
         self.write(trials, state, reason, plot=True)
 
 

@@ -40,6 +40,7 @@ from orchestrator.runtime.decision_gate import DecisionGate
 from orchestrator.storage import ObjectStore, StorageError, open_store
 
 POINTER_FILE = "orch_trial_checkpoint.json"
+PBT_FILE = "pbt.json"  # in the trial store: one event per clone (donor store, step, mutated config)
 # result.json statuses after which a trial never trains again.
 ENDED = ("SUCCEEDED", "STOPPED")
 CLONE_ATTEMPTS = 3
@@ -70,8 +71,8 @@ def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, bas
     write_spec(store, spec.redacted())
     clear_result(store)
     pointer = _read_pointer(tune.get_checkpoint())
-    if pointer and pointer["trial_store"] != store.uri:
-        adopt_checkpoint(open_store(pointer["trial_store"]), store, config)
+    if pointer and pointer["trial_store"] != store.uri and not already_adopted(store, pointer):
+        adopt_checkpoint(open_store(pointer["trial_store"]), store, config, pointer)
     _train_and_forward(spec, trial_job_id(campaign_id, trial_id), store, decision_steps(spec, rungs, metric))
 
 
@@ -159,22 +160,44 @@ def _read_pointer(checkpoint: Any) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def adopt_checkpoint(source: ObjectStore, dest: ObjectStore, config: dict[str, Any]) -> int:
-    """PBT exploit: replace dest's checkpoints by source's newest verified one. Returns its step."""
+def already_adopted(dest: ObjectStore, pointer: dict[str, Any]) -> bool:
+    """Whether dest's newest clone came from this very pointer. Tune hands a trial the donor's pointer until the
+    trial reports a checkpoint of its own; a trial restarted in between (a resumed campaign) continues from its own
+    store instead of cloning the donor a second time and losing what it trained since."""
+    events = _pbt_events(dest)
+    return bool(events) and events[-1].get("pointer") == pointer
+
+
+def _pbt_events(dest: ObjectStore) -> list[dict[str, Any]]:
+    return json.loads(dest.get_bytes(PBT_FILE)) if dest.exists(PBT_FILE) else []
+
+
+def adopt_checkpoint(source: ObjectStore, dest: ObjectStore, config: dict[str, Any],
+                     pointer: dict[str, Any] | None = None) -> int:
+    """PBT exploit: replace dest's checkpoints by one of source's. Returns its step.
+
+    The checkpoint is the one at the pointer's step, where PBT compared the trials, while it verifies; else (retention
+    deleted it) source's newest verified one. Not the newest regardless: the donor trains on while this trial's
+    workers start, and would hand over a model judged at no perturbation, often its last."""
     last_error: Exception | None = None
+    wanted = int(pointer["step"]) if pointer and pointer.get("step") else None
     for _ in range(CLONE_ATTEMPTS):  # the source trial keeps training: retention may delete what we copy
-        manifest = checkpoints.latest_verified(source)
-        if manifest is None:
-            raise StorageError(f"PBT: trial store {source.uri} has no verified checkpoint to clone.")
-        step = int(manifest["step"])
+        if wanted is not None and checkpoints.verify_checkpoint(source, wanted).ok:
+            step = wanted
+        else:
+            manifest = checkpoints.latest_verified(source)
+            if manifest is None:
+                raise StorageError(f"PBT: trial store {source.uri} has no verified checkpoint to clone.")
+            step = int(manifest["step"])
         try:
             _copy_checkpoint(source, dest, step)
         except StorageError as exc:
             last_error = exc
             continue
-        events = json.loads(dest.get_bytes("pbt.json")) if dest.exists("pbt.json") else []
-        events.append({"time": utc_now(), "cloned_from": source.uri, "step": step, "config": config})
-        dest.put_bytes("pbt.json", json.dumps(events, indent=2).encode())
+        events = _pbt_events(dest)
+        events.append({"time": utc_now(), "cloned_from": source.uri, "step": step, "config": config,
+                       "pointer": pointer})
+        dest.put_bytes(PBT_FILE, json.dumps(events, indent=2).encode())
         return step
     raise StorageError(f"PBT: could not clone a checkpoint of {source.uri}: {last_error}")
 

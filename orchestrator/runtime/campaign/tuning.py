@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
 from orchestrator.core.campaign_spec import Campaign, CampaignSpec, ParamSpec
 from orchestrator.core.metrics_log import METRICS_KEY, read_jsonl
+from orchestrator.core.rungs import hyperband_brackets
 from orchestrator.storage import ObjectStore
 
 TIME_ATTR = "step"
@@ -65,12 +66,19 @@ def scheduler(campaign: Campaign, checkpoint_every: int) -> Any:
     # stop_last_trials=False: a trial that survives every rung ends by itself (final eval, final checkpoint,
     # result.json) instead of being stopped by the scheduler at its very last report.
     if sched.type == "asha":
-        return ASHAScheduler(time_attr=TIME_ATTR, max_t=campaign.max_t, grace_period=sched.grace_period,
-                             reduction_factor=sched.reduction_factor, brackets=sched.brackets,
-                             stop_last_trials=False)
+        return _no_rung_at_the_end(ASHAScheduler(
+            time_attr=TIME_ATTR, max_t=campaign.max_t, grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor, brackets=sched.brackets, stop_last_trials=False))
     if sched.type == "hyperband":
-        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=campaign.max_t, reduction_factor=sched.reduction_factor,
-                                  stop_last_trials=False)
+        # Hyperband without pauses: Ray's asynchronous Hyperband (ASHA over every Hyperband bracket, each trial
+        # drawn into one). Tune's synchronous HyperBandScheduler pauses trials at any report until their bracket
+        # catches up, and judges the report it paused at: a step-1 report carries no eval metric, and each pause
+        # would cost one of our trials a new worker group, started again from its last checkpoint.
+        return _no_rung_at_the_end(ASHAScheduler(
+            time_attr=TIME_ATTR, max_t=campaign.max_t, grace_period=sched.grace_period,
+            reduction_factor=sched.reduction_factor,
+            brackets=hyperband_brackets(sched.grace_period, sched.reduction_factor, campaign.max_t),
+            stop_last_trials=False))
     if sched.type == "pbt":
         space = campaign.spec.search_space
         return PopulationBasedTraining(
@@ -83,6 +91,14 @@ def scheduler(campaign: Campaign, checkpoint_every: int) -> Any:
             require_attrs=False,
         )
     return FIFOScheduler()
+
+
+def _no_rung_at_the_end(asha: ASHAScheduler) -> ASHAScheduler:
+    """Drop a rung at max_t (grace_period x reduction_factor^k == max_t exactly). Judged at its last report, a
+    trial that trained every step could be stopped there: nothing saved, and the trial shown as stopped early."""
+    for bracket in asha._brackets:
+        bracket._rungs = [(milestone, seen) for milestone, seen in bracket._rungs if milestone < asha._max_t]
+    return asha
 
 
 class StepBudgetStopper(Stopper):

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core import checkpoints as ckpt
-from orchestrator.runtime.campaign.trial import adopt_checkpoint, last_report, trial_job_id, trial_store
+from orchestrator.runtime.campaign.trial import (
+    adopt_checkpoint,
+    already_adopted,
+    last_report,
+    trial_job_id,
+    trial_store,
+)
 from orchestrator.storage import LocalStore, StorageError
 
 
@@ -37,6 +43,28 @@ def test_adopt_checkpoint_replaces_the_trials_checkpoints_with_the_sources_newes
     events = json.loads(dest.get_bytes("pbt.json"))
     assert events[0]["cloned_from"] == source.uri and events[0]["step"] == 40
     assert events[0]["config"] == {"train.l2": 0.001}
+
+
+def test_adopt_checkpoint_takes_the_step_pbt_compared_at_while_it_exists(tmp_path):
+    source, dest = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    for step in (20, 40, 60):
+        _commit(source, step, tmp_path, f"a{step}".encode())
+    assert adopt_checkpoint(source, dest, {}, {"trial_store": source.uri, "step": 40}) == 40
+    assert dest.get_bytes(f"{ckpt.step_prefix(40)}/model.pt") == b"a40model.pt"
+    # Retention deleted it meanwhile: the newest verified one instead.
+    assert adopt_checkpoint(source, dest, {}, {"trial_store": source.uri, "step": 30}) == 60
+    assert [c.step for c in ckpt.list_checkpoints(dest)] == [60]
+
+
+def test_a_pointer_already_cloned_is_not_cloned_again(tmp_path):
+    # A resumed campaign hands the trial the donor's pointer again until the trial reports its own checkpoint.
+    source, dest = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
+    _commit(source, 20, tmp_path, b"a20")
+    pointer = {"trial_store": source.uri, "step": 20}
+    assert not already_adopted(dest, pointer)
+    adopt_checkpoint(source, dest, {"train.l2": 0.001}, pointer)
+    assert already_adopted(dest, pointer)
+    assert not already_adopted(dest, {"trial_store": source.uri, "step": 40})  # a newer exploit clones again
 
 
 def test_adopt_checkpoint_without_a_verified_source_checkpoint_fails_clearly(tmp_path):

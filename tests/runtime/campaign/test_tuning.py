@@ -6,7 +6,7 @@ import json
 
 import pytest
 from ray import tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -87,8 +87,16 @@ def test_schedulers_count_time_in_training_steps():
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [40, 20]
     # Survivors of every rung finish by themselves (final eval, checkpoint, result.json).
     assert asha._brackets[0]._stop_last_trials is False
-    hyperband = tuning.scheduler(make(scheduler={"type": "hyperband", "max_t": 60}), 20)
-    assert isinstance(hyperband, HyperBandScheduler) and hyperband._time_attr == "step"
+    # Hyperband runs asynchronously (no pauses): one ASHA bracket per Hyperband bracket, s = 0, 1, 2 for 60/5 steps.
+    hyperband = tuning.scheduler(make(scheduler={"type": "hyperband", "max_t": 60, "grace_period": 5}), 20)
+    assert isinstance(hyperband, AsyncHyperBandScheduler) and hyperband._time_attr == "step"
+    assert [[m for m, _ in b._rungs] for b in hyperband._brackets] == [[45, 15, 5], [45, 15], [45]]
+    assert all(b._stop_last_trials is False for b in hyperband._brackets)
+    # A rung at the last step would judge trials that trained every step: there is none.
+    exact = tuning.scheduler(make(scheduler={"type": "hyperband", "max_t": 30, "grace_period": 10}), 20)
+    assert [[m for m, _ in b._rungs] for b in exact._brackets] == [[10], []]
+    asha = tuning.scheduler(make(scheduler={"type": "asha", "max_t": 270, "grace_period": 10}), 20)
+    assert [m for m, _ in asha._brackets[0]._rungs] == [90, 30, 10]
     assert isinstance(tuning.scheduler(make(), 20), FIFOScheduler)
 
 
