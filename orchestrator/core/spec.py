@@ -61,7 +61,8 @@ class _Section(BaseModel):
             return value
         if isinstance(value, bool):
             raise ValueError("must be a whole number, not a boolean (true/false)")
-        if isinstance(value, int) and abs(value) > MAX_INT:
+        # A float counts too: pydantic takes a whole float (9007199254740994.0) as that int.
+        if isinstance(value, (int, float)) and abs(value) > MAX_INT:
             raise ValueError(f"must be less than or equal to {MAX_INT}")
         return value
 

@@ -122,6 +122,8 @@ SPEC_CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "raw train_batch_size mismatch": (MLP, ["deepspeed.config={train_batch_size: 100}"],
                                       ("deepspeed.config: train_batch_size (100)", "deepspeed.micro_batch_size")),
     "ZeRO stage 4": (MLP, ["deepspeed.zero_stage=4"], ("field 'deepspeed.zero_stage'", "less than or equal to 3")),
+    "seed as a float past 2**53": (MLP, ["train.seed=9007199254740994.0"],
+                                   ("field 'train.seed'", "less than or equal to 9007199254740992")),
     "raw ZeRO stage 4": (MLP, ["deepspeed.config={zero_optimization: {stage: 4}}"],
                          ("deepspeed.config.zero_optimization.stage is 4", "0, 1, 2 and 3")),
     "raw zero_optimization not a mapping": (MLP, ["deepspeed.config={zero_optimization: 2}"],
