@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_cluster_status, fetch_nodes
+from tests.process_tree import kill_process_tree
 from tests.s3server import free_port
 
 HEAD_START_TIMEOUT_S = 180.0
@@ -116,12 +116,6 @@ class FakeAutoscalingCluster:
         """SIGKILL the head's process tree: its session plus descendants that left it (the autoscaler's nodes)."""
         if self.proc is None:
             return
-        from tests.e2e.test_multinode import _process_tree  # the same /proc walk the multi-node tests use
-
-        for pid in _process_tree(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_tree(self.proc.pid)
         self.proc.wait(timeout=30)
         self.proc = None

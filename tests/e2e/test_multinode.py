@@ -29,6 +29,7 @@ import pytest
 
 from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_nodes
 from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
+from tests.process_tree import kill_process_tree, proc_table
 from tests.s3server import S3Server, free_port
 
 pytestmark = pytest.mark.e2e
@@ -44,37 +45,6 @@ NODE_SETTINGS = {
 
 
 # ---- processes ----------------------------------------------------------------------------------------------
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """{pid: (ppid, session id)} of every process on the machine, from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        table[int(entry)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
-def _process_tree(root: int) -> set[int]:
-    """The processes of a node: its session (raylet, agents, workers) plus any descendant that left it."""
-    table = _proc_table()
-    members = {pid for pid, (_, sid) in table.items() if sid == root}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = [root, *members]
-    while stack:
-        pid = stack.pop()
-        if pid not in members:
-            members.add(pid)
-        stack.extend(c for c in children.get(pid, []) if c not in members)
-    return members & set(table)
-
-
 @dataclass
 class RayNode:
     name: str
@@ -92,11 +62,7 @@ class RayNode:
         """SIGKILL the node's whole process tree: a machine that is gone, not a graceful drain."""
         if self.killed:
             return
-        for pid in _process_tree(self.proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_process_tree(self.proc.pid)
         self.proc.wait(timeout=30)  # reap `ray start` only now; its orphans are reaped by init
         self.killed = True
 
@@ -174,7 +140,7 @@ def ray_nodes() -> Iterator[NodeSet]:
 
 def _kill_schedulers(home: Path) -> None:
     """The background `orch` scheduler of this ORCH_HOME exits when its jobs end; after a failure it may not."""
-    for pid in _proc_table():
+    for pid in proc_table():
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
