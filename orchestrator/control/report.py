@@ -80,12 +80,10 @@ def _figure(panels: list[tuple[str, list[tuple[str, list[float], list[float]]]]]
     panels = [p for p in panels if p[1]]
     if not panels:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no process-wide state or GUI backend
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), dpi=100, squeeze=False)
+    fig = Figure(figsize=(9, 3.2 * len(panels)), dpi=100)
+    axes = fig.subplots(len(panels), 1, squeeze=False)
     for ax, (ylabel, series) in zip(axes[:, 0], panels, strict=True):
         for label, steps, values in series:
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
@@ -98,7 +96,6 @@ def _figure(panels: list[tuple[str, list[tuple[str, list[float], list[float]]]]]
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -139,14 +139,13 @@ def read_summary(campaign_store: ObjectStore) -> dict[str, Any] | None:
 
 def plot_png(summary: dict[str, Any], trials_store: ObjectStore) -> bytes:
     """The metric against training step, one line per trial; early-stopped trials end in an x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    # The Figure API, not pyplot: this runs on Tune's callback thread, and pyplot keeps process-wide state.
+    from matplotlib.figure import Figure
 
     metric = summary["metric"]
     best_id = (summary.get("best_trial") or {}).get("id")
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig = Figure(figsize=(8, 5), dpi=100)
+    ax = fig.subplots()
     for trial in summary["trials"]:
         last_step = trial.get("tune_step") if trial["early_stopped"] else None
         points = [(r["step"], r[metric]) for r in read_metrics(trials_store.child(trial["id"]))
@@ -168,5 +167,4 @@ def plot_png(summary: dict[str, Any], trials_store: ObjectStore) -> bytes:
         ax.legend(fontsize=7, ncol=2)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()

@@ -112,3 +112,29 @@ def test_no_metric_yet_means_no_best_trial(tmp_path):
     }, base_dir=EXAMPLES)
     summary = campaign_summary("c-1", campaign, [TrialView("y_00000", "PENDING", {})], LocalStore(tmp_path), "RUNNING")
     assert summary["best_trial"] is None and summary["counts"]["pending"] == 1
+
+
+
+PLOT_AFTER_THE_DRIVER_START = '''
+import sys
+from orchestrator.core.campaign_summary import plot_png
+from orchestrator.runtime.campaign.driver import import_ipython_whole
+from orchestrator.storage import LocalStore
+import_ipython_whole()
+# matplotlib reads IPython's version once the name is in sys.modules (the failure when mlflow's thread was midway).
+print(hasattr(sys.modules.get("IPython"), "version_info"))
+summary = {"metric": "acc", "name": "c", "id": "c-1", "scheduler": "fifo", "best_trial": None, "trials": []}
+print(plot_png(summary, LocalStore(sys.argv[1]))[:8] == b"\\x89PNG\\r\\n\\x1a\\n")
+'''
+
+
+def test_the_campaign_driver_imports_ipython_whole_before_any_thread_can_half_import_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.paths import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-c", PLOT_AFTER_THE_DRIVER_START, str(tmp_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]

@@ -12,6 +12,7 @@ happens; its `state` is the verdict the manager reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     campaign = Campaign.from_record(record)
     if campaign.spec.search.seed is not None:
         random.seed(campaign.spec.search.seed)  # PBT's explore step draws from Python's random
+    import_ipython_whole()  # before the tracking thread starts
     # The campaign as a parent run and each trial as a child run in the experiment tracker, from a thread.
     tracking = start_campaign_tracking(args.campaign_id, record, store)
     try:
@@ -202,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     reason = f": {summary['reason']}" if summary.get("reason") else ""
     print(f"orch: campaign {args.campaign_id} {summary.get('state')}{reason}")
     return 0 if summary.get("state") == "SUCCEEDED" else 1
+
+
+def import_ipython_whole() -> None:
+    """Import IPython (where installed) on this thread, now. mlflow imports it on the tracking thread, and matplotlib
+    (the campaign's plot, drawn on Tune's thread) reads IPython's version once it sees the name in sys.modules: seen
+    half-initialised, that failed the campaign ("partially initialized module 'IPython' has no attribute
+    'version_info'"). Imported whole first, every later import finds it complete."""
+    with contextlib.suppress(ImportError):
+        import IPython  # noqa: F401
 
 
 def _write_verdict(store: ObjectStore, campaign_id: str, campaign: Campaign, state: str, reason: str) -> None:
