@@ -9,7 +9,7 @@ cost more than the model states they serve (bench/zero3_probe.py measures them):
   gathered, and with activation checkpointing every block is reused (recomputed) within one step, so a
   model under ~1e9 parameters can stay whole on every rank;
 - sub_group_size 1e9: the optimizer updates the whole partition at once, so the fp32 copy of the gradients
-  and AdamW's temporaries exist for all of it together (4 + 8 bytes per local parameter at the update).
+  exists for all of it together (4 bytes per local parameter at the update; 8 more with an unfused AdamW).
 
 Each size here is a small multiple of the largest tensor (the one thing that must fit a bucket whole),
 capped where a bigger bucket buys no throughput. A user's `deepspeed.config.zero_optimization` overrides
@@ -57,7 +57,7 @@ def zero_sizes(params: int, largest: int, num_workers: int, stage: int) -> dict[
             "stage3_max_live_parameters": max(6 * largest, bucket),
             # ... and no parameter kept gathered for longer than about one block.
             "stage3_max_reuse_distance": 3 * largest,
-            # Optimizer update in slices: fp32 gradients and AdamW temporaries exist for one slice at a time.
+            # Optimizer update in slices: fp32 gradients exist for one slice at a time.
             "sub_group_size": max(2 * largest, min(local, BUCKET_CAP)),
         })
     return sizes
