@@ -1,6 +1,7 @@
 """ASHA against plain random search (every trial trains its full budget) on the same space and seeds.
 
     python -m bench.bench_tuning [--samples 27] [--eta 3] [--grace 10] [--steps 270] [--seeds 7 8 9]
+                                 [--launch-trials 12]
 
 For each seed, runs both campaigns one after the other through the real `orch tune --wait` (the embedded
 cluster, or ORCH_RAY_ADDRESS), with the same search space (jobs/examples/tune-mlp-asha.yaml's), seed and trial
@@ -11,6 +12,10 @@ overhead per trial) and the medians over seeds of ASHA's share of the steps and 
 Campaign overhead per trial = campaign wall time x concurrent trials / trials, minus a trial's mean training
 time (the sum of its reported step times over the steps it trained): what starting, judging and ending a trial
 costs beyond its training steps.
+
+First, the same overhead with trials started both ways (`--launch-trials` trials of random search, 30 steps each,
+0 to skip): a Ray Train worker group per trial (`trial_resources.launch: worker_group`, the "before") against
+single-worker trials trained in their own Tune process (the default, the "after").
 """
 
 from __future__ import annotations
@@ -44,6 +49,43 @@ def campaign_variants(path: Path, samples: int, seed: int, eta: float, grace: in
             "scheduler": {"type": "asha", "grace_period": grace, "reduction_factor": eta}}
     full = {**data, "name": f"{data['name']}-random-{seed}", "scheduler": {"type": "fifo"}}
     return {"ASHA": asha, "random search, full budgets": full}
+
+
+def launch_variants(path: Path, trials: int, steps: int = 30) -> dict[str, dict[str, Any]]:
+    """A short random search, its trials started as worker groups and in their Tune processes: nothing else differs."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data.get("base"), str) and not Path(data["base"]).is_absolute():
+        data["base"] = str((path.parent / data["base"]).resolve())
+    data["overrides"] = {**data.get("overrides", {}), "train.steps": steps, "train.warmup_steps": 5,
+                         "train.report_every": 10, "train.eval_every": steps, "checkpoint.every_steps": steps}
+    data.update(num_samples=trials, search={"algorithm": "random", "seed": 7}, scheduler={"type": "fifo"})
+    variants = {}
+    for label, launch in (("worker group per trial (before)", "worker_group"), ("in the Tune process (after)", "auto")):
+        resources = {**data.get("trial_resources", {}), "launch": launch}
+        variants[label] = {**data, "name": f"{data['name']}-{launch.replace('_', '-')}", "trial_resources": resources}
+    return variants
+
+
+def compare_launches(campaign: Path, trials: int, concurrency: int) -> bool:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp:
+        for label, spec in launch_variants(campaign, trials).items():
+            spec["max_concurrent_trials"] = concurrency
+            print(f"launch comparison: running {label} ...", file=sys.stderr, flush=True)
+            status, wall = run_campaign(spec, Path(tmp))
+            rows.append((label, status, wall, overhead_per_trial(status, wall, concurrency)))
+    print(f"\nCampaign overhead by how trials start: {trials} trials of random search, 30 steps each, "
+          f"{concurrency} at a time:\n")
+    print("| trials start | state | trials | wall time | training per trial | overhead per trial |")
+    print("|---|---|---|---|---|---|")
+    for label, status, wall, overhead in rows:
+        train = statistics.mean(training_seconds(t["store_uri"]) for t in status["trials"])
+        print(f"| {label} | {status['state']} | {len(status['trials'])} | {wall:.0f} s | {train:.1f} s | "
+              f"{overhead:.1f} s |", flush=True)
+    before, after = rows[0][3], rows[1][3]
+    print(f"\nOverhead per trial in the Tune process: {after:.1f} s, {after / before:.2f} of a worker group's "
+          f"{before:.1f} s (target <= 3 s).", flush=True)
+    return all(status["state"] == "SUCCEEDED" for _, status, _, _ in rows)
 
 
 def run_campaign(spec: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], float]:
@@ -89,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument("--grace", type=int, default=10, help="first rung, in steps")
     parser.add_argument("--steps", type=int, default=270, help="every trial's full budget, in steps")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[7, 8, 9])
     parser.add_argument("--concurrency", type=int, default=2, help="trials at a time (the cluster's CPUs)")
+    parser.add_argument("--launch-trials", type=int, default=12,
+                        help="trials of the worker-group vs in-process comparison (0: skip it)")
     args = parser.parse_args(argv)
-    shares, gaps, ok = [], [], True
+    shares, gaps = [], []
+    ok = compare_launches(args.campaign, args.launch_trials, args.concurrency) if args.launch_trials else True
     for seed in args.seeds:
         rows = []
         with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:

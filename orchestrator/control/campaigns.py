@@ -126,6 +126,7 @@ def campaign_status(rec: JobRecord) -> dict[str, Any]:
         "metric": summary.get("metric", rec.spec["campaign"]["metric"]),
         "mode": summary.get("mode", rec.spec["campaign"]["mode"]),
         "planned_trials": summary.get("planned_trials"),
+        "trial_launch": summary.get("trial_launch"),
         "counts": summary.get("counts", {}),
         "total_steps": summary.get("total_steps", 0),
         "steps_after_stop": summary.get("steps_after_stop", 0),

@@ -110,10 +110,13 @@ class SchedulerSpec(_Section):
 
 
 class TrialResources(_Section):
-    """Overrides of the base spec's scaling for every trial."""
+    """Overrides of the base spec's scaling for every trial, and how trials start."""
 
     num_workers: int | None = Field(None, ge=1)
     cpus_per_worker: float | None = Field(None, gt=0)
+    # auto: a trial with one CPU worker trains in its own Tune process (runtime/campaign/inline_trial.py);
+    # worker_group: every trial starts a Ray Train worker group, as a job does.
+    launch: Literal["auto", "worker_group"] = "auto"
 
 
 class BudgetSpec(_Section):
@@ -215,6 +218,19 @@ class Campaign:
     @property
     def base_job(self) -> JobSpec:
         return parse_spec(self.base, source=f"campaign '{self.spec.name}' base job spec")
+
+    @property
+    def trials_in_process(self) -> bool:
+        """Whether every trial trains in its Tune process instead of a worker group: one CPU worker, and nothing
+        in the search space that could change the trials' scaling (Tune's resources are one per campaign)."""
+        job = self.base_job
+        return (self.spec.trial_resources.launch == "auto" and job.scaling.num_workers == 1
+                and not job.scaling.use_gpu and not any(key.startswith("scaling.") for key in self.spec.search_space))
+
+    @property
+    def trial_launch(self) -> str:
+        """How trials start, as status and the submit message say it: in_process or worker_group."""
+        return "in_process" if self.trials_in_process else "worker_group"
 
     def probe_jobs(self) -> list[JobSpec]:
         """The base job with each search-space value a trial can get (or both ends of each range) set."""

@@ -114,6 +114,7 @@ def campaign_summary(campaign_id: str, campaign: Campaign, views: list[TrialView
         "id": campaign_id, "name": spec.name, "state": state, "reason": reason, "updated_at": utc_now(),
         "metric": spec.metric, "mode": spec.mode, "scheduler": spec.scheduler.type,
         "search": spec.search.algorithm, "planned_trials": spec.trial_count(),
+        "trial_launch": campaign.trial_launch,
         "counts": {"total": len(trials), **counts},
         "total_steps": sum(t["steps"] for t in trials),
         "steps_after_stop": sum(t["steps_after_stop"] for t in trials),

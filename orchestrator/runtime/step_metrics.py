@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -44,3 +45,30 @@ def _device_name(use_gpu: bool) -> str | None:
     import torch
 
     return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+class ThroughputWindow:
+    """Steps, samples and tokens since the last report, for rates that are not one noisy step."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.counts: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.steps += 1
+        for unit in ("tokens", "samples"):
+            if unit in metrics:
+                self.counts[unit] = self.counts.get(unit, 0.0) + metrics[unit]
+
+    def rates(self, world_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        if self.steps == 0 or elapsed <= 0:
+            return {}
+        rates = {"step_time_s": elapsed / self.steps}
+        for unit, count in self.counts.items():
+            rates[f"{unit}_per_s"] = count * world_size / elapsed
+        return rates

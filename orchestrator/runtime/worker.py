@@ -16,8 +16,8 @@ import resource
 import shutil
 import socket
 import tempfile
-import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from orchestrator.runtime.host_memory import pin_mmap_threshold
 from orchestrator.runtime.mapped_loads import mapped_torch_loads
 from orchestrator.runtime.reshard import convert_to_universal, saved_world_size, universal_config
 from orchestrator.runtime.shm_buffers import release_own_buffer, sweep_stale_buffers
-from orchestrator.runtime.step_metrics import health_metrics
+from orchestrator.runtime.step_metrics import ThroughputWindow, health_metrics
 from orchestrator.storage import open_store
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,16 +55,21 @@ def resolve_workload(workload: str) -> Any:
     return load(BUILTIN_WORKLOADS[workload].entrypoint if workload in BUILTIN_WORKLOADS else workload)
 
 
-def run_worker(config: dict[str, Any]) -> None:
-    """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}."""
+def run_worker(config: dict[str, Any], train_context: Any = None, report: ReportFn | None = None) -> None:
+    """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}.
+
+    A campaign trial that trains in its own process (runtime/campaign/inline_trial.py) passes the rank facts
+    (`train_context`) and where each report goes (`report`) itself; a Ray Train worker gets them from Ray Train."""
     load_secrets_file()
     silence_known_worker_warnings()
     clear_stale_build_locks()
     sweep_stale_buffers()
-    import ray.train
+    if train_context is None:
+        import ray.train
 
-    ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], ray.train.get_context(),
-                        gate=config.get("gate"))
+        train_context = ray.train.get_context()
+    ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], train_context,
+                        gate=config.get("gate"), report=report)
     try:
         resolve_workload(ctx.spec.workload)(ctx)
     except StoppedByScheduler as stop:  # a campaign's scheduler ended this trial at a rung: not an error
@@ -99,14 +104,26 @@ def build_optimizer(model: torch.nn.Module, spec: JobSpec) -> torch.optim.Optimi
                              fused=fused)
 
 
+ReportFn = Callable[[dict[str, Any]], None]
+
+
+def report_to_ray(row: dict[str, Any]) -> None:
+    """Ray Train (and Ray Tune's schedulers, through it) see the rows of the metrics log; every rank must call it."""
+    import ray.train
+
+    ray.train.report(row)
+
+
 class StoppedByScheduler(Exception):
     """Raised out of `after_step` on every rank when a campaign's scheduler stopped the trial at a rung."""
 
 
 class WorkerContext:
-    def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any, gate: Any = None):
+    def __init__(self, spec: JobSpec, job_id: str, store_uri: str, train_context: Any, gate: Any = None,
+                 report: ReportFn | None = None):
         self.spec, self.job_id = spec, job_id
         self.gate = gate  # a campaign trial's DecisionGate (orchestrator.runtime.decision_gate), else None
+        self._report = report or report_to_ray
         if spec.deepspeed.zero_stage == 3 and not spec.scaling.use_gpu:
             # Before the model exists, so its tensors never fragment the heap. Only where memory binds (ZeRO-3
             # on CPU): an mmap per large tensor costs a small ZeRO-1 GPT ~25% of its tokens/s.
@@ -308,7 +325,7 @@ class WorkerContext:
         self.metrics.add(row, flush=True, background=True)  # a storage outage must not hold up training
         if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
             print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
-        self._report_to_ray(row)
+        self._report({k: v for k, v in row.items() if isinstance(v, (int, float))})
         if checkpointing:
             self.save(engine, step, row)
             self._window.reset()  # the save stall is measured on its own (checkpoint_stall_s), not as throughput
@@ -321,13 +338,6 @@ class WorkerContext:
         self._window.reset()  # waiting is not training: throughput starts again after it
         if not go_on:
             raise StoppedByScheduler(f"the campaign's scheduler stopped this trial at step {step}")
-
-    @staticmethod
-    def _report_to_ray(row: dict[str, Any]) -> None:
-        """Ray Train (and Ray Tune's schedulers, through it) see the same rows; every rank must call this."""
-        import ray.train
-
-        ray.train.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
 
     def save(self, engine: Any, step: int, metrics: dict[str, Any]) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -362,33 +372,6 @@ class WorkerContext:
             return Path(uri.removeprefix("file://")).expanduser().read_bytes()
         parent, _, name = uri.rpartition("/")
         return open_store(parent).get_bytes(name)
-
-
-class ThroughputWindow:
-    """Steps, samples and tokens since the last report, for rates that are not one noisy step."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.started = time.perf_counter()
-        self.steps = 0
-        self.counts: dict[str, float] = {}
-
-    def add(self, metrics: dict[str, float]) -> None:
-        self.steps += 1
-        for unit in ("tokens", "samples"):
-            if unit in metrics:
-                self.counts[unit] = self.counts.get(unit, 0.0) + metrics[unit]
-
-    def rates(self, world_size: int) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.started
-        if self.steps == 0 or elapsed <= 0:
-            return {}
-        rates = {"step_time_s": elapsed / self.steps}
-        for unit, count in self.counts.items():
-            rates[f"{unit}_per_s"] = count * world_size / elapsed
-        return rates
 
 
 def _json(value: Any) -> bytes:

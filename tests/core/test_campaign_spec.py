@@ -58,6 +58,22 @@ def test_example_campaigns_are_valid(path):
         assert loaded.spec.trial_count() >= 4
 
 
+@pytest.mark.parametrize(("fields", "launch"), [
+    ({"trial_resources": {"num_workers": 1}}, "in_process"),
+    ({"trial_resources": {"num_workers": 2}}, "worker_group"),  # ranks need a process each
+    ({"trial_resources": {"num_workers": 1, "launch": "worker_group"}}, "worker_group"),  # asked for
+    ({"trial_resources": {"num_workers": 1}, "overrides": {"scaling.use_gpu": True, "scaling.gpus_per_worker": 1}},
+     "worker_group"),
+    # One Tune resource request serves every trial: a search over the scaling keeps the worker group.
+    ({"trial_resources": {"num_workers": 1},
+      "search_space": {"scaling.cpus_per_worker": {"type": "choice", "values": [1, 2]}}}, "worker_group"),
+])
+def test_single_cpu_worker_trials_train_in_their_tune_process(fields, launch):
+    resolved = resolve(campaign(**fields))
+    assert resolved.trial_launch == launch
+    assert resolved.trials_in_process is (launch == "in_process")
+
+
 def test_the_mlp_example_has_at_least_8_asha_trials_of_one_worker():
     loaded = load_campaign_file(EXAMPLES / "tune-mlp-asha.yaml")
     assert loaded.spec.trial_count() >= 8 and loaded.spec.scheduler.type == "asha"
@@ -145,6 +161,7 @@ def test_bad_campaigns_fail_at_submit_naming_the_field(fields, named):
         ({"scheduler": {"type": "pbt", "hyperparam_mutations": ["train.l2"]}}, "'train.l2' is not a search_space key"),
         ({"budget": {"time_s": 0}}, "field 'budget.time_s'"),
         ({"trial_resources": {"num_workers": 0}}, "field 'trial_resources.num_workers'"),
+        ({"trial_resources": {"launch": "inline"}}, "field 'trial_resources.launch'"),
     ],
 )
 def test_bad_campaign_fields_are_named(fields, named):

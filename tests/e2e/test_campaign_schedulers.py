@@ -110,17 +110,22 @@ def _mlp_campaign(name: str, **fields: Any) -> dict[str, Any]:
 
 @pytest.mark.e2e_timeout(600)
 def test_hyperband_with_optuna_and_grid_search_under_a_step_budget(orch, tmp_path):
-    # Hyperband over 3 configs that optuna's TPE proposes.
+    # Hyperband over 3 configs that optuna's TPE proposes; each trial a Ray Train worker group, as a multi-worker
+    # trial's would be, so the workers wait at the rungs for Tune's decision (the decision gate).
     spec = tmp_path / "hyperband.yaml"
-    spec.write_text(yaml.safe_dump(_mlp_campaign(
+    campaign = _mlp_campaign(
         "tune-hb-optuna", num_samples=3, max_concurrent_trials=2,
         search_space={"train.lr": {"type": "loguniform", "low": 1.0e-3, "high": 0.1},
                       "train.l2": {"type": "choice", "values": [0.0, 1.0e-4]}},
-        search={"algorithm": "optuna", "seed": 0}, scheduler={"type": "hyperband", "reduction_factor": 3})))
+        search={"algorithm": "optuna", "seed": 0}, scheduler={"type": "hyperband", "reduction_factor": 3})
+    campaign["trial_resources"]["launch"] = "worker_group"
+    spec.write_text(yaml.safe_dump(campaign))
     campaign_id, proc = _tune(orch, spec, "--wait")
     assert proc.returncode == 0, proc.stderr
+    assert "each starts a Ray Train worker group of 1" in proc.stderr
     status = orch.status(campaign_id)
     assert (status["state"], status["scheduler"], status["search"]) == ("SUCCEEDED", "hyperband", "optuna")
+    assert status["trial_launch"] == "worker_group" and status["steps_after_stop"] == 0
     trials = status["trials"]
     assert len(trials) == 3 and {t["state"] for t in trials} <= {"SUCCEEDED", "STOPPED"}, trials
     assert len({t["config"]["train.lr"] for t in trials}) == 3  # TPE's own proposals, not one value thrice
@@ -139,10 +144,11 @@ def test_hyperband_with_optuna_and_grid_search_under_a_step_budget(orch, tmp_pat
     spec.write_text(yaml.safe_dump(campaign))
     campaign_id, proc = _tune(orch, spec, "--wait")
     status = orch.status(campaign_id)
+    assert status["trial_launch"] == "in_process"
     trials = status["trials"]
     assert [t["config"]["train.lr"] for t in trials[:3]] == [0.003, 0.01, 0.03], trials
     assert [t["state"] for t in trials[:3]] == ["SUCCEEDED", "SUCCEEDED", "STOPPED"], trials
-    assert [t["steps"] for t in trials[:2]] == [40, 40] and trials[2]["tune_step"] == 20
+    assert [t["steps"] for t in trials[:2]] == [40, 40] and trials[2]["tune_step"] == trials[2]["steps"] == 20
     assert all(t["state"] == "PENDING" and t["steps"] == 0 for t in trials[3:])  # never started
     assert status["state"] == "SUCCEEDED" and "budget" in status["message"], status
     assert proc.returncode == 0, proc.stderr

@@ -25,8 +25,9 @@ def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_r
     campaign_id, proc = _tune(orch, REPO / "jobs/examples/tune-mlp-asha.yaml", "--wait")
     assert proc.returncode == 0, proc.stderr
     assert "SUCCEEDED" in proc.stderr and "stopped early" in proc.stderr  # the live progress lines
+    assert "each trains in its own Tune process" in proc.stderr  # one CPU worker: no worker group to start
     status = orch.status(campaign_id)
-    assert status["kind"] == "campaign" and status["state"] == "SUCCEEDED"
+    assert status["kind"] == "campaign" and status["state"] == "SUCCEEDED" and status["trial_launch"] == "in_process"
     trials = status["trials"]
     assert len(trials) == 8 and status["counts"]["total"] == 8
     assert {t["state"] for t in trials} <= {"SUCCEEDED", "STOPPED"}
@@ -34,7 +35,7 @@ def test_mlp_asha_example_stops_trials_early_and_its_best_model_scores_what_it_r
     finished = [t for t in trials if t["state"] == "SUCCEEDED"]
     # ASHA (grace 40 steps, halving) stopped some trials at a rung; the survivors trained all 120 steps.
     assert stopped and finished, [(t["id"], t["state"], t["tune_step"], t["steps"]) for t in trials]
-    for trial in stopped:  # judged at a rung (40 or 80), where its workers waited for the decision: no step more
+    for trial in stopped:  # judged at a rung (40 or 80), where its report waited for the decision: no step more
         assert trial["tune_step"] in (40, 80) and trial["last_metric_step"] == trial["tune_step"]
         assert trial["steps"] == trial["tune_step"] and trial["steps_after_stop"] == 0, trial
     assert status["steps_after_stop"] == 0

@@ -29,8 +29,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from orchestrator.core.campaign_spec import Campaign
 
     rec = campaign.record()
-    spec = Campaign.from_record(rec.spec).spec
-    err.print(f"Submitted campaign {rec.id}: {spec.trial_count()} trials, at most "
+    resolved = Campaign.from_record(rec.spec)
+    spec, workers = resolved.spec, resolved.base_job.scaling.num_workers
+    launch = ("each trains in its own Tune process" if resolved.trials_in_process
+              else f"each starts a Ray Train worker group of {workers}")
+    err.print(f"Submitted campaign {rec.id}: {spec.trial_count()} trials ({launch}), at most "
               f"{rec.spec['concurrency']} at a time, {spec.scheduler.type} scheduler, "
               f"{spec.search.algorithm} search, {spec.mode} {spec.metric}.")
     return _finish(orch, rec, args.wait)

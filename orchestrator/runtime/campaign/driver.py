@@ -134,12 +134,17 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
     from orchestrator.runtime.campaign.trial import run_trial
 
     spec, job = campaign.spec, campaign.base_job
-    # Trials are drivers only: their TorchTrainer's workers hold the CPUs, so the trial itself takes none
-    # (Tune needs some resource in a trial's bundle: its driver process's memory, logically reserved).
+    in_process = campaign.trials_in_process
+    if in_process:  # the trial process is the worker (inline_trial.py): it holds the worker's CPUs
+        resources: dict[str, float] = {"cpu": job.scaling.cpus_per_worker}
+    else:
+        # Trials are drivers only: their TorchTrainer's workers hold the CPUs, so the trial itself takes none
+        # (Tune needs some resource in a trial's bundle: its driver process's memory, logically reserved).
+        resources = {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, campaign_id=campaign_id, campaign_store=store.uri, base=campaign.base,
-                             rungs=rung_steps(campaign), metric=campaign.spec.metric),
-        {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+                             rungs=rung_steps(campaign), metric=campaign.spec.metric, in_process=in_process),
+        resources)
     storage_path, filesystem = tune_storage(store)
     experiment = f"{storage_path}/{TUNE_DIR}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
@@ -151,7 +156,8 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
         scheduler=tuning.scheduler(campaign, job.checkpoint.every_steps),
         time_budget_s=spec.budget.time_s, trial_dirname_creator=lambda trial: trial.trial_id,
         # Never reuse a trial's process: ending it is what tears down its TorchTrainer (controller, workers,
-        # placement group) when the scheduler stops the trial.
+        # placement group) when the scheduler stops the trial, and a trial in its own process leaves DeepSpeed's
+        # process-wide state behind.
         reuse_actors=False,
     )
     run_config = tune.RunConfig(
@@ -159,7 +165,8 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
         callbacks=[CampaignProgress(campaign_id, campaign, store.uri), OrphanedGroupReaper()],
         stop=tuning.stopper(spec, store.child("trials")),
         # A trial's own workers restart under Ray Train (failure.max_restarts); a trial that still fails is final.
-        failure_config=tune.FailureConfig(max_failures=0),
+        # A trial in its own process has no Ray Train to restart it: Tune does, as often, from its newest checkpoint.
+        failure_config=tune.FailureConfig(max_failures=job.failure.max_restarts if in_process else 0),
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=tuning.param_space(spec), tune_config=tune_config,

@@ -3,7 +3,8 @@
 The trial function is the Tune trainable. It builds the trial's job spec (the base spec with the
 trial's config set), runs `orchestrator.runtime.driver.build_trainer` on the trial's own store
 `<campaign>/trials/<trial-id>/` (the job layout: spec.yaml, metrics.jsonl, checkpoints, result.json),
-and forwards every row the workers report to Tune, where the scheduler can stop it.
+and forwards every row the workers report to Tune, where the scheduler can stop it. A trial with one CPU
+worker runs the same worker code in this process instead (inline_trial.py): no worker group to start.
 
 Restarts are cheap and never repeat work: the workers restore the trial store's newest verified
 checkpoint, and a trial whose result.json says it already ended only re-announces its last report.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ PBT_FILE = "pbt.json"  # in the trial store: one event per clone (donor store, s
 # result.json statuses after which a trial never trains again.
 ENDED = ("SUCCEEDED", "STOPPED")
 CLONE_ATTEMPTS = 3
+COMMIT_WAIT_S = 120.0  # how long a clone waits for the donor's reported checkpoint to commit
 
 
 def trial_store(campaign_store_uri: str, trial_id: str) -> ObjectStore:
@@ -55,8 +58,10 @@ def trial_job_id(campaign_id: str, trial_id: str) -> str:
 
 
 def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, base: dict[str, Any],
-              rungs: list[float], metric: str) -> None:
-    """The Tune function trainable (see module docstring); `rungs` are the scheduler's judging steps."""
+              rungs: list[float], metric: str, in_process: bool = False) -> None:
+    """The Tune function trainable (see module docstring); `rungs` are the scheduler's judging steps.
+
+    `in_process`: the trial trains in this process (inline_trial.py) instead of starting a worker group."""
     load_secrets_file()
     from ray import tune
 
@@ -73,11 +78,43 @@ def run_trial(config: dict[str, Any], campaign_id: str, campaign_store: str, bas
     pointer = _read_pointer(tune.get_checkpoint())
     if pointer and pointer["trial_store"] != store.uri and not already_adopted(store, pointer):
         adopt_checkpoint(open_store(pointer["trial_store"]), store, config, pointer)
-    _train_and_forward(spec, trial_job_id(campaign_id, trial_id), store, decision_steps(spec, rungs, metric))
+    job_id = trial_job_id(campaign_id, trial_id)
+    if in_process:
+        _train_here(spec, job_id, store)
+    else:
+        _train_and_forward(spec, job_id, store, decision_steps(spec, rungs, metric))
+
+
+def _train_here(spec: Any, job_id: str, store: ObjectStore) -> None:
+    """The single-worker trial in this process: every report goes straight to Tune (see inline_trial.py)."""
+    from orchestrator.runtime.campaign.inline_trial import train_in_this_process
+
+    try:
+        train_in_this_process(spec, job_id, store.uri, lambda row: report_to_tune(row, store, spec))
+    except Exception as exc:  # not SystemExit: Tune stopping the trial is no failure
+        reason = root_cause(exc)
+        write_result(store, "FAILED", reason)
+        raise RuntimeError(f"trial training failed: {reason}") from exc
+    write_result(store, "SUCCEEDED")
+
+
+def report_to_tune(row: dict[str, Any], store: ObjectStore, spec: Any) -> None:
+    """Hand one metrics row to Tune; at checkpoint steps with a pointer to this trial's store as its checkpoint."""
+    from ray import tune
+
+    step = int(row.get("step", 0))
+    every = spec.checkpoint.every_steps
+    if every and step % every == 0:
+        # This step's checkpoint is being saved (adopt_checkpoint waits for it to commit); the pointer lets PBT
+        # (and Tune's pause/resume) restart a trial from this store's checkpoints.
+        with tempfile.TemporaryDirectory(prefix="orch-trial-ckpt-") as tmp:
+            Path(tmp, POINTER_FILE).write_text(json.dumps({"trial_store": store.uri, "step": step}))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
+    else:
+        tune.report(row)
 
 
 def _train_and_forward(spec: Any, job_id: str, store: ObjectStore, gate_steps: list[int]) -> None:
-    from ray import tune
     from ray.util.queue import Empty, Queue
 
     from orchestrator.runtime.driver import build_trainer
@@ -91,7 +128,6 @@ def _train_and_forward(spec: Any, job_id: str, store: ObjectStore, gate_steps: l
     outcome: dict[str, BaseException] = {}
     fit = threading.Thread(target=_fit, args=(trainer, outcome), name="orch-trial-fit", daemon=True)
     fit.start()
-    every = spec.checkpoint.every_steps
     try:
         while True:
             try:
@@ -100,17 +136,9 @@ def _train_and_forward(spec: Any, job_id: str, store: ObjectStore, gate_steps: l
                 if fit.is_alive() or not reports.empty():
                     continue
                 break
-            step = int(row.get("step", 0))
-            if every and step % every == 0:
-                # The workers are saving this step now; the pointer lets PBT (and Tune's pause/resume) restart
-                # a trial from this store's newest verified checkpoint.
-                with tempfile.TemporaryDirectory(prefix="orch-trial-ckpt-") as tmp:
-                    Path(tmp, POINTER_FILE).write_text(json.dumps({"trial_store": store.uri, "step": step}))
-                    tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
-            else:
-                tune.report(row)
+            report_to_tune(row, store, spec)
             if gate is not None:  # tune.report returns only once Tune asks for the next report: it goes on
-                gate.release(step)
+                gate.release(int(row.get("step", 0)))
     except BaseException:
         # Tune stopped or paused the trial (SystemExit out of tune.report). Closing the gate ends workers waiting
         # at a rung; killing the queue makes the Train controller's next hand-over fail, so it tears the workers
@@ -182,7 +210,7 @@ def adopt_checkpoint(source: ObjectStore, dest: ObjectStore, config: dict[str, A
     last_error: Exception | None = None
     wanted = int(pointer["step"]) if pointer and pointer.get("step") else None
     for _ in range(CLONE_ATTEMPTS):  # the source trial keeps training: retention may delete what we copy
-        if wanted is not None and checkpoints.verify_checkpoint(source, wanted).ok:
+        if wanted is not None and _committed(source, wanted):
             step = wanted
         else:
             manifest = checkpoints.latest_verified(source)
@@ -200,6 +228,18 @@ def adopt_checkpoint(source: ObjectStore, dest: ObjectStore, config: dict[str, A
         dest.put_bytes(PBT_FILE, json.dumps(events, indent=2).encode())
         return step
     raise StorageError(f"PBT: could not clone a checkpoint of {source.uri}: {last_error}")
+
+
+def _committed(source: ObjectStore, step: int, timeout_s: float = COMMIT_WAIT_S) -> bool:
+    """Whether checkpoint `step` of source verifies, waiting while it may still be uploading: a trial reports a
+    checkpoint step as its save starts. False at once when a newer one verifies (retention deleted this one)."""
+    deadline = time.monotonic() + timeout_s
+    while not checkpoints.verify_checkpoint(source, step).ok:
+        newest = checkpoints.latest_verified(source)
+        if (newest is not None and int(newest["step"]) > step) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)  # polling storage: the upload's commit is visible nowhere else
+    return True
 
 
 def _copy_checkpoint(source: ObjectStore, dest: ObjectStore, step: int) -> None:

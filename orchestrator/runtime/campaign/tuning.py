@@ -117,7 +117,9 @@ class StepBudgetStopper(Stopper):
         if self.steps is None:
             self.steps = steps_in_storage(self.trials_store)
         self.steps[trial_id] = max(self.steps.get(trial_id, 0), int(result.get(TIME_ATTR, 0)))
-        return False
+        # The report that spends the budget stops its own trial here: Tune asks stop_all() only after the trial
+        # has been told to go on, so that trial would otherwise train one more report interval.
+        return self.stop_all()
 
     def stop_all(self) -> bool:
         return self.steps is not None and sum(self.steps.values()) >= self.total_steps

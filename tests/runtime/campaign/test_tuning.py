@@ -123,6 +123,24 @@ def test_step_budget_counts_steps_already_in_storage(trials_store):
     assert not stopper("a_00001", {"step": 12}) and not stopper.stop_all()  # 20 + 12
     stopper("a_00002", {"step": 12})
     assert not stopper.stop_all()  # 20 + 12 + 12 = 44
-    stopper("a_00002", {"step": 13})
+    assert stopper("a_00002", {"step": 13})  # the report that spends the budget stops its own trial at once
     assert stopper.stop_all()
     assert tuning.stopper(make().spec, trials_store) is None
+
+
+@pytest.mark.parametrize(("resources", "bundle", "max_failures"), [
+    # The trial process is the worker: it holds the worker's CPUs, and Tune restarts it as Ray Train would.
+    ({"num_workers": 1, "cpus_per_worker": 2}, {"CPU": 2.0}, 3),
+    # The trial only drives a worker group, whose workers hold the CPUs and restart under Ray Train.
+    ({"num_workers": 2, "cpus_per_worker": 1}, {"memory": float(256 * 1024**2)}, 0),
+])
+def test_the_tuner_asks_for_the_trial_process_resources_by_how_trials_start(tmp_path, resources, bundle, max_failures):
+    from orchestrator.runtime.campaign.driver import build_tuner
+
+    campaign = make(trial_resources=resources, overrides={"train.steps": 60, "train.eval_every": 20,
+                                                          "failure.max_restarts": 3})
+    tuner, resumed = build_tuner("c1", campaign, LocalStore(tmp_path / "c1"), concurrency=1)
+    local = tuner._local_tuner
+    assert not resumed
+    assert local._trainable._resources.bundles == [bundle]
+    assert local._run_config.failure_config.max_failures == max_failures
