@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.control.cluster_address import ClusterUnavailable, auth_headers, fetch_cluster_status, fetch_nodes
-from tests.process_tree import kill_process_tree
+from tests.process_tree import kill_process_tree, process_tree
 from tests.s3server import free_port
 
 HEAD_START_TIMEOUT_S = 180.0
@@ -29,6 +29,7 @@ FAST_HEALTH_CHECKS = {
     "RAY_raylet_start_wait_time_s": "120",
 }
 OBJECT_STORE_BYTES = 80 * 2**20  # the smallest Ray accepts is 75 MiB; nodes here move no big objects
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_config(gcs_address: str, worker_types: dict[str, dict[str, Any]], max_workers: int,
@@ -37,7 +38,9 @@ def fake_config(gcs_address: str, worker_types: dict[str, dict[str, Any]], max_w
     return {
         "cluster_name": "orch-fake",
         "max_workers": max_workers,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+        # Ray's fake_multinode provider, with nodes the autoscaler replaces when they die (tests/fake_provider.py).
+        "provider": {"type": "external", "module": "tests.fake_provider.ReplaceableFakeProvider",
+                     "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True, "gcs_address": gcs_address},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
@@ -80,8 +83,12 @@ class FakeAutoscalingCluster:
                "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
-        # As AutoscalingCluster does: the fake provider and a 1 s autoscaler loop.
-        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+        # As AutoscalingCluster does: the fake provider and a 1 s autoscaler loop. Test-only: the autoscaler gives up
+        # on a node it has had no report from for 10 s (Ray's default 30 s), terminates it in the provider and, if
+        # its resources are still wanted, launches a replacement. Ray's monitor imports the provider from here.
+        env = {**self.env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+               "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=env)
@@ -111,6 +118,25 @@ class FakeAutoscalingCluster:
         """Alive nodes other than the head."""
         return [n for n in fetch_nodes(self.dashboard_url, timeout=5.0)
                 if "node:__internal_head__" not in n.get("resources_total", {})]
+
+    def kill_node(self, node_id: str) -> set[int]:
+        """SIGKILL one worker node: its raylet and everything the raylet started (agents, training workers), what a
+        preempted machine looks like to Ray. The raylet is found by its node id among this head's descendants only
+        (another fake cluster on the machine numbers its nodes the same way). Returns the pids killed."""
+        assert self.proc is not None
+        flag = f"--node_id={node_id}".encode()
+        raylets = []
+        for pid in process_tree(self.proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # exited meanwhile
+            if argv[0].endswith(b"/raylet") and flag in argv:
+                raylets.append(pid)
+        assert len(raylets) == 1, f"raylets of node {node_id}: {raylets}"
+        killed = process_tree(raylets[0])
+        kill_process_tree(raylets[0])  # the raylet is the monitor's child: Ray's provider reaps it
+        return killed
 
     def stop(self) -> None:
         """SIGKILL the head's process tree: its session plus descendants that left it (the autoscaler's nodes)."""

@@ -1,5 +1,5 @@
-"""Scaling from zero on Ray's own fake autoscaling cluster (tests/autoscaling_cluster.py): a head with no CPUs
-and an autoscaler whose one worker node type has min_workers 0, max_workers 2 and 1 CPU per node.
+"""Scaling from zero, and replacing a lost node, on Ray's own fake autoscaling cluster (tests/autoscaling_cluster.py):
+a head with no CPUs and an autoscaler whose one worker node type has min_workers 0, max_workers 2 and 1 CPU per node.
 
 The worker nodes are real raylets the autoscaler starts and stops on this machine, so everything orch sees (the
 nodes alive, the autoscaler's report, the Jobs API) is what a cloud cluster shows, only faster.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.autoscaling_cluster import OBJECT_STORE_BYTES, FakeAutoscalingCluster
-from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, wait_for
+from tests.e2e.conftest import EXTENSIONS_CACHE, REPO, Orch, attempts, committed_steps, metrics_rows, wait_for
 from tests.e2e.test_multinode import _kill_schedulers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.e2e_timeout(600)]
@@ -109,3 +109,56 @@ def test_job_admitted_on_an_empty_autoscaling_cluster_scales_it_up_succeeds_and_
     wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
     print(f"scale-up + run: {run_s:.0f} s")
 
+
+def test_worker_node_lost_mid_run_is_replaced_by_the_autoscaler_and_the_job_finishes_from_its_checkpoint(
+        fake_cluster, orch_as):
+    orch = orch_as
+    steps = 200
+    job_id = orch.run("submit", str(REPO / "jobs/examples/mlp-digits.yaml"), "--address", fake_cluster.dashboard_url,
+                      *_sets("name=preempt", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
+                             f"train.steps={steps}", "train.warmup_steps=0", "train.eval_every=0",
+                             "train.report_every=5", "checkpoint.every_steps=10", "checkpoint.keep_latest=0",
+                             "checkpoint.keep_best=0", "failure.max_restarts=1")).stdout.strip().splitlines()[-1]
+    root = orch.storage / "jobs" / job_id
+
+    # Lose a node right after a commit, while no newer checkpoint is being written (as test_multinode.py does).
+    def quiet_after_commit() -> list[int]:
+        seen = sorted(int(p.name.split("-")[1]) for p in (root / "checkpoints").glob("step-*"))
+        committed = committed_steps(root)
+        return committed if committed and seen == committed else []
+
+    wait_for(quiet_after_commit, 300, "a committed checkpoint with no newer save in flight", poll_s=0.1)
+    before = {n["node_id"] for n in fake_cluster.worker_nodes()}
+    assert len(before) == MAX_NODES, before  # one worker on each 1-CPU node
+    victim = max(before)
+    started = time.monotonic()
+    assert fake_cluster.kill_node(victim)
+    last_committed = committed_steps(root)[-1]
+    assert last_committed < steps, "the job finished before the node was lost; raise train.steps"
+
+    # The autoscaler gives up on the silent node, terminates it and starts another for the restarted workers.
+    def replaced() -> set[str]:
+        alive = {n["node_id"] for n in fake_cluster.worker_nodes()}
+        return alive if len(alive) == MAX_NODES and victim not in alive else set()
+
+    after = wait_for(replaced, 240, "a replacement node", poll_s=1.0)
+    replaced_s = time.monotonic() - started
+    assert after - before, (before, after)  # a new node id, not the lost one back
+    wait_for(lambda: len(attempts(root)) == 2, 240, "the second attempt (Ray Train restarting the workers)",
+             poll_s=1.0)
+    status = wait_for(lambda: (s := orch.status(job_id))["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") and s,
+                      300, "the job's end", poll_s=2.0)
+    assert status["state"] == "SUCCEEDED", status["message"]
+    assert status["metrics"]["step"] == steps
+
+    # It resumed from its newest checkpoint: the one committed before the loss, or one whose save was already
+    # uploading then and committed after; never from scratch.
+    tries = attempts(root)
+    assert len(tries) == 2 and tries[0]["restored_step"] == 0, tries
+    assert 0 < last_committed <= tries[1]["restored_step"] < steps, (tries, last_committed)
+    assert tries[1]["restored_step"] in committed_steps(root)
+    logged = [r["step"] for r in metrics_rows(root) if not r.get("final")]
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # the curve continues; no step shown twice
+
+    wait_for(lambda: fake_cluster.worker_nodes() == [], 120, "the worker nodes to scale back down", poll_s=1.0)
+    print(f"node lost -> replacement node alive: {replaced_s:.0f} s; job resumed from step {tries[1]['restored_step']}")
