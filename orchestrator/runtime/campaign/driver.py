@@ -155,10 +155,11 @@ def build_tuner(campaign_id: str, campaign: Campaign, store: ObjectStore, concur
         search_alg=tuning.search_algorithm(spec, concurrency),
         scheduler=tuning.scheduler(campaign, job.checkpoint.every_steps),
         time_budget_s=spec.budget.time_s, trial_dirname_creator=lambda trial: trial.trial_id,
-        # Never reuse a trial's process: ending it is what tears down its TorchTrainer (controller, workers,
-        # placement group) when the scheduler stops the trial, and a trial in its own process leaves DeepSpeed's
-        # process-wide state behind.
-        reuse_actors=False,
+        # A trial in its own process hands that process on to the next trial: torch, DeepSpeed and the workload
+        # are imported once per process, not once per trial (most of what starting such a trial costs). A worker
+        # group's trial is never reused: ending its process is what tears down its TorchTrainer (controller,
+        # workers, placement group) when the scheduler stops the trial.
+        reuse_actors=in_process,
     )
     run_config = tune.RunConfig(
         name=TUNE_DIR, storage_path=storage_path, storage_filesystem=filesystem,

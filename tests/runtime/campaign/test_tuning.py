@@ -144,3 +144,4 @@ def test_the_tuner_asks_for_the_trial_process_resources_by_how_trials_start(tmp_
     assert not resumed
     assert local._trainable._resources.bundles == [bundle]
     assert local._run_config.failure_config.max_failures == max_failures
+    assert local._tune_config.reuse_actors is (max_failures > 0)  # a trial's own process goes on to the next trial
