@@ -1,7 +1,7 @@
 """ASHA against plain random search (every trial trains its full budget) on the same space and seeds.
 
     python -m bench.bench_tuning [--samples 27] [--eta 3] [--grace 10] [--steps 270] [--seeds 7 8 9]
-                                 [--launch-trials 12]
+                                 [--launch-trials 27]
 
 For each seed, runs both campaigns one after the other through the real `orch tune --wait` (the embedded
 cluster, or ORCH_RAY_ADDRESS), with the same search space (jobs/examples/tune-mlp-asha.yaml's), seed and trial
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=270, help="every trial's full budget, in steps")
     parser.add_argument("--seeds", type=int, nargs="*", default=[7, 8, 9])
     parser.add_argument("--concurrency", type=int, default=2, help="trials at a time (the cluster's CPUs)")
-    parser.add_argument("--launch-trials", type=int, default=12,
+    parser.add_argument("--launch-trials", type=int, default=27,
                         help="trials of the worker-group vs in-process comparison (0: skip it)")
     args = parser.parse_args(argv)
     shares, gaps = [], []
