@@ -81,7 +81,7 @@ def scheduler(campaign: Campaign, checkpoint_every: int) -> Any:
             stop_last_trials=False))
     if sched.type == "pbt":
         space = campaign.spec.search_space
-        return PopulationBasedTraining(
+        return DurablePopulationBasedTraining(
             time_attr=TIME_ATTR,
             perturbation_interval=sched.perturbation_interval or checkpoint_every,
             hyperparam_mutations={key: to_tune(space[key]) for key in campaign.spec.pbt_mutations()},
@@ -91,6 +91,17 @@ def scheduler(campaign: Campaign, checkpoint_every: int) -> Any:
             require_attrs=False,
         )
     return FIFOScheduler()
+
+
+class DurablePopulationBasedTraining(PopulationBasedTraining):
+    """PBT whose exploits survive a driver restart: Tune's experiment state is saved the moment a trial is given
+    another trial's checkpoint and a mutated config, not at the next periodic save. A trial clones the donor's
+    checkpoint into its store as it restarts (within a second when it trains in its own process); a driver that died
+    before the periodic save came back with the trial's old config over the donor's weights."""
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        tune_controller.checkpoint(force=True, wait=True)
 
 
 def _no_rung_at_the_end(asha: ASHAScheduler) -> ASHAScheduler:

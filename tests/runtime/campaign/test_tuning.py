@@ -108,6 +108,21 @@ def test_pbt_mutates_the_search_space_at_the_checkpoint_interval():
     assert pbt._require_attrs is False  # reports between eval steps carry no eval metric
 
 
+def test_pbt_saves_tunes_experiment_state_the_moment_it_exploits(monkeypatch):
+    # A driver that dies after the clone must come back with the trial's mutated config, not the one before.
+    calls = []
+    monkeypatch.setattr(PopulationBasedTraining, "_exploit", lambda self, controller, trial, donor:
+                        calls.append(("exploit", trial, donor)))
+
+    class Controller:
+        def checkpoint(self, force: bool = False, wait: bool = False) -> None:
+            calls.append(("save", force, wait))
+
+    pbt = tuning.scheduler(make(scheduler={"type": "pbt"}), checkpoint_every=20)
+    pbt._exploit(Controller(), "trial", "donor")
+    assert calls == [("exploit", "trial", "donor"), ("save", True, True)]
+
+
 @pytest.fixture
 def trials_store(tmp_path):
     store = LocalStore(tmp_path)
