@@ -124,6 +124,20 @@ def test_a_campaign_gives_its_trials_and_best_trial(tmp_path: Path):
         campaign.metrics(trial="t9")
 
 
+def test_a_campaign_starts_the_background_scheduler_as_a_job_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Without it nothing followed a campaign after `orch tune` exited, nor stopped its embedded cluster once idle.
+    import orchestrator.control.campaigns as campaigns
+    import orchestrator.control.scheduler as scheduler
+
+    started: list[Path] = []
+    monkeypatch.setattr(scheduler, "ensure_scheduler", started.append)
+    monkeypatch.setattr(campaigns, "submit_campaign", lambda manager, campaign: JobRecord(
+        id="c1", name="c", state=JobState.QUEUED, storage_uri="file:///nowhere", spec={}, kind="campaign"))
+    client = Client(home=tmp_path / "home")
+    campaign = client.tune(EXAMPLES / "tune-mlp-asha.yaml")
+    assert campaign.id == "c1" and started == [client.manager.home]
+
+
 def test_import_orchestrator_stays_light():
     code = ("import sys, orchestrator\nassert 'orchestrator.control' not in sys.modules\n"
             "from orchestrator import Client\n"

@@ -101,6 +101,7 @@ class Client:
 
         campaign = load_campaign(spec, overrides, base_dir)
         rec = submit_campaign(self.manager, campaign)
+        self._keep_queue_moving()  # follows it, then stops the embedded cluster once idle, as after a job
         return Campaign(self, rec.id)
 
     def campaign(self, campaign_id: str) -> Campaign:
