@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,7 +220,7 @@ class Campaign:
     def base_job(self) -> JobSpec:
         return parse_spec(self.base, source=f"campaign '{self.spec.name}' base job spec")
 
-    @property
+    @cached_property  # read at every progress write of the campaign driver; it parses the base job spec
     def trials_in_process(self) -> bool:
         """Whether every trial trains in its Tune process instead of a worker group: one CPU worker, and nothing
         in the search space that could change the trials' scaling (Tune's resources are one per campaign)."""
