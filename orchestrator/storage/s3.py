@@ -1,25 +1,21 @@
 """S3-compatible backend (AWS, MinIO, Ceph RGW, R2, rclone serve s3, moto) on boto3.
 
 Endpoint, credentials, region and CA bundle come only from the standard AWS settings (environment,
-AWS_PROFILE, ~/.aws files), so the job spec never holds secrets. The boto3 client is created lazily and
-dropped when pickling, so a store can be sent to Ray workers, which then use their own environment.
+AWS_PROFILE, ~/.aws files), so the job spec never holds secrets. The boto3 client (one per process and AWS
+settings, orchestrator/storage/s3_client.py) is taken lazily and dropped when pickling, so a store can be sent to
+Ray workers, which then use their own environment.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from datetime import timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import boto3
-import botocore.session
 from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,12 +39,10 @@ from orchestrator.storage.base import (
 )
 from orchestrator.storage.local import atomic_write
 from orchestrator.storage.retry import with_retries
+from orchestrator.storage.s3_client import shared_client
 
 T = TypeVar("T")
 
-ADDRESSING_ENV = "ORCH_S3_ADDRESSING_STYLE"
-ADDRESSING_STYLES = ("path", "virtual", "auto")
-DEFAULT_REGION = "us-east-1"
 MiB = 1024 * 1024
 TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=8 * MiB,
@@ -88,19 +82,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         raise StorageError(f"Storage {uri}: invalid prefix: {exc}. Fix the 'storage' field.") from exc
 
 
-def resolve_addressing_style(setting: str | None, custom_endpoint: bool) -> str:
-    """ORCH_S3_ADDRESSING_STYLE, else 'path' for custom endpoints (MinIO & co rarely have wildcard DNS)."""
-    if setting:
-        style = setting.strip().lower()
-        if style not in ADDRESSING_STYLES:
-            raise StorageError(
-                f"{ADDRESSING_ENV}={setting!r} is not valid. Set it to one of: "
-                f"{', '.join(ADDRESSING_STYLES)}."
-            )
-        return style
-    return "path" if custom_endpoint else "auto"
-
-
 def _http_status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
@@ -133,35 +114,10 @@ class S3Store(ObjectStore):
 
     def _client(self) -> Any:
         # Only called inside _call, so configuration errors (unknown profile...) are classified there too.
-        # Two threads may race to build it; both clients work and one is simply dropped.
+        # One client per process and AWS settings: building one costs ~0.1 CPU-second (see s3_client.py).
         if self._client_obj is None:
-            self._client_obj = self._make_client()
+            self._client_obj = shared_client()
         return self._client_obj
-
-    def _make_client(self) -> Any:
-        core = botocore.session.Session()
-        session = boto3.session.Session(botocore_session=core)
-        endpoint = ConfiguredEndpointProvider(
-            full_config=core.full_config, scoped_config=core.get_scoped_config(), client_name="s3"
-        ).provide()
-        style = resolve_addressing_style(os.environ.get(ADDRESSING_ENV), custom_endpoint=endpoint is not None)
-        options: dict[str, Any] = {}
-        if not os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION"):
-            # boto3 >= 1.36 adds CRC checksums to every upload by default, which several S3-compatible
-            # servers (older MinIO and Ceph RGW, some R2/rclone versions) reject; send them only when an
-            # operation requires one, unless the user chose otherwise.
-            options["request_checksum_calculation"] = "when_required"
-        config = Config(
-            # botocore retries once on its own; with_retries does the real, bounded, logged backoff. (In this
-            # dict "max_attempts" would count retries only; "total_max_attempts" counts the first try too.)
-            retries={"total_max_attempts": 2, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=60,
-            s3={"addressing_style": style},
-            **options,
-        )
-        region = os.environ.get("AWS_REGION") or session.region_name or DEFAULT_REGION
-        return session.client("s3", region_name=region, config=config)
 
     def _endpoint(self) -> str:
         client = self._client_obj

@@ -12,7 +12,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from botocore.stub import Stubber
 
 from orchestrator.storage import NotFound, StorageError, open_store
-from orchestrator.storage.s3 import S3Store, resolve_addressing_style
+from orchestrator.storage.s3 import S3Store
+from orchestrator.storage.s3_client import resolve_addressing_style
 from tests.s3server import SECRET_ACCESS_KEY, S3Server, free_port
 
 
