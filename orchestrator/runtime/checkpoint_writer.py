@@ -50,7 +50,10 @@ class CheckpointWriter:
     def __init__(self, store: ObjectStore, rank: int, world_size: int, local_root: Path, spec_hash: str,
                  policy: CheckpointSpec):
         self.store, self.rank, self.world_size = store, rank, world_size
-        self.local_dir = local_root / f"rank-{rank}"
+        self.local_root, self.local_dir = local_root, local_root / f"rank-{rank}"
+        # A killed attempt of this rank on this node left its half-written save here (GBs for a large model):
+        # nothing else removes it, and an upload of this directory must hold only this attempt's files.
+        shutil.rmtree(self.local_dir, ignore_errors=True)
         self.spec_hash, self.policy = spec_hash, policy
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-upload-{rank}")
         self._pending: Future | None = None
@@ -118,6 +121,9 @@ class CheckpointWriter:
     def close(self) -> None:
         self.wait()
         self._pool.shutdown(wait=True)
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's directory goes with its last rank on this node
+            self.local_root.rmdir()
 
 
 def restore_candidates(store: ObjectStore) -> list[int]:

@@ -364,7 +364,6 @@ class WorkerContext:
 
     def close(self) -> None:
         self.writer.close()
-        shutil.rmtree(self.local_root / f"rank-{self.rank}", ignore_errors=True)
 
     def read_bytes(self, uri: str) -> bytes:
         """Read a user data file from a local path or any storage URI."""
