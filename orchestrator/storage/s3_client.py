@@ -88,10 +88,10 @@ def make_client() -> Any:
         # dict "max_attempts" would count retries only; "total_max_attempts" counts the first try too.)
         retries={"total_max_attempts": 2, "mode": "standard"},
         connect_timeout=10,
-        # A server may take minutes to answer a request on a multi-GB object: s3rver and other servers that keep
-        # objects on a local disk join the parts of a CompleteMultipartUpload before answering, and under write
-        # back pressure from a checkpoint's local save even one part can wait. At 60 s, a 6 GB checkpoint file of
-        # a 1B-parameter job timed out at its completion and was uploaded again from the start.
+        # A server may take minutes to answer during a multi-GB upload: servers that keep objects on a local disk
+        # join all parts of a CompleteMultipartUpload before answering, and their disk writes queue behind the
+        # writeback of a checkpoint's local save. At 60 s, a 6 GB checkpoint file of a 1B-parameter job got no
+        # answer in time from a disk-backed server on the same machine and was uploaded again from the start.
         read_timeout=180,
         s3={"addressing_style": style},
         **options,
