@@ -241,7 +241,7 @@ class JobManager:
             same_machine = self.shares_machine(rec.ray_address)
             secrets_file = self.secrets_dir / f"{rec.id}.env"
             runtime_env = job_runtime_env(spec.scaling.use_gpu, secrets_file if secrets_file.is_file() else None,
-                                          spec.public_env, spec.working_dir, same_machine)
+                                          spec.public_env, spec.working_dir, same_machine, rec.kind == "campaign")
             entrypoint = driver_entrypoint(driver_module, id_flag, rec.id, rec.storage_uri, same_machine)
             ray.submit(submission_id, entrypoint, runtime_env,
                        metadata={**metadata, "orch_name": rec.name, "orch_submission_id": submission_id})

@@ -23,8 +23,13 @@ from orchestrator.storage import open_store
 WORKER_GROUP_START_TRIES = 3
 
 
-def build_trainer(spec: JobSpec, job_id: str, store_uri: str, gate: Any = None):  # -> TorchTrainer (lazy ray)
-    """The job's TorchTrainer; `gate` (a DecisionGate) makes a campaign trial's workers wait at its rungs."""
+def build_trainer(spec: JobSpec, job_id: str, store_uri: str, gate: Any = None,
+                  ray_reports: bool = False):  # -> TorchTrainer (lazy ray)
+    """The job's TorchTrainer; `gate` (a DecisionGate) makes a campaign trial's workers wait at its rungs.
+
+    `ray_reports`: the workers hand each metrics row to `ray.train.report` (a campaign trial's rows feed Tune
+    through it). A job's rows go only to its metrics log: nothing reads Ray Train's copy, and each report
+    waits for Ray Train's next poll of the workers."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -36,7 +41,8 @@ def build_trainer(spec: JobSpec, job_id: str, store_uri: str, gate: Any = None):
         resources["GPU"] = scaling.worker_gpus
     return TorchTrainer(
         run_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "job_id": job_id, "store": store_uri, "gate": gate},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "job_id": job_id, "store": store_uri, "gate": gate,
+                           "ray_reports": ray_reports},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources, placement_strategy=scaling.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),

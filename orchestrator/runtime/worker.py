@@ -56,10 +56,12 @@ def resolve_workload(workload: str) -> Any:
 
 
 def run_worker(config: dict[str, Any], train_context: Any = None, report: ReportFn | None = None) -> None:
-    """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>}.
+    """train_loop_per_worker: config = {"spec": <spec dict>, "job_id": str, "store": <job store URI>, "gate": a
+    DecisionGate or None, "ray_reports": bool}.
 
     A campaign trial that trains in its own process (runtime/campaign/inline_trial.py) passes the rank facts
-    (`train_context`) and where each report goes (`report`) itself; a Ray Train worker gets them from Ray Train."""
+    (`train_context`) and where each report goes (`report`) itself; a Ray Train worker gets the rank facts from
+    Ray Train and reports to it only where "ray_reports" says so (see driver.build_trainer)."""
     load_secrets_file()
     silence_known_worker_warnings()
     clear_stale_build_locks()
@@ -68,6 +70,7 @@ def run_worker(config: dict[str, Any], train_context: Any = None, report: Report
         import ray.train
 
         train_context = ray.train.get_context()
+        report = report_to_ray if config.get("ray_reports") else None
     ctx = WorkerContext(JobSpec(**config["spec"]), config["job_id"], config["store"], train_context,
                         gate=config.get("gate"), report=report)
     try:
@@ -123,7 +126,7 @@ class WorkerContext:
                  report: ReportFn | None = None):
         self.spec, self.job_id = spec, job_id
         self.gate = gate  # a campaign trial's DecisionGate (orchestrator.runtime.decision_gate), else None
-        self._report = report or report_to_ray
+        self._report = report  # None: the rows go only to the metrics log
         if spec.deepspeed.zero_stage == 3 and not spec.scaling.use_gpu:
             # Before the model exists, so its tensors never fragment the heap. Only where memory binds (ZeRO-3
             # on CPU): an mmap per large tensor costs a small ZeRO-1 GPT ~25% of its tokens/s.
@@ -325,7 +328,8 @@ class WorkerContext:
         self.metrics.add(row, flush=True, background=True)  # a storage outage must not hold up training
         if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
             print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
-        self._report({k: v for k, v in row.items() if isinstance(v, (int, float))})
+        if self._report is not None:
+            self._report({k: v for k, v in row.items() if isinstance(v, (int, float))})
         if checkpointing:
             self.save(engine, step, row)
             self._window.reset()  # the save stall is measured on its own (checkpoint_stall_s), not as throughput

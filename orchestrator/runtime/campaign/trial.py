@@ -122,7 +122,7 @@ def _train_and_forward(spec: Any, job_id: str, store: ObjectStore, gate_steps: l
     # The workers wait at each gate step until Tune has judged it (decision_gate.py); between them they do not
     # wait for Tune, and the summary charges any steps run past the report Tune stopped a trial at.
     gate = DecisionGate(gate_steps) if gate_steps else None
-    trainer = build_trainer(spec, job_id, store.uri, gate=gate)
+    trainer = build_trainer(spec, job_id, store.uri, gate=gate, ray_reports=True)
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})  # one report at a time, in order
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), ForwardReports(reports)]
     outcome: dict[str, BaseException] = {}
