@@ -3,6 +3,7 @@
 config, one thread per worker; plus the same model in a plain PyTorch loop for scale.
 
     python -m bench.run --only overhead          # the ~85M GPT (tens of minutes)
+    python -m bench.bench_overhead --steps 15 --repeats 2   # the same, shorter (~20 min)
     python -m bench.bench_overhead --quick       # the small GPT, a few steps, one repeat: checks the plumbing
 """
 
@@ -103,6 +104,9 @@ def table(tps: dict[str, float], runs: dict[str, list[float]], plan: Plan) -> st
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="the small GPT, a few steps, one repeat")
-    quick = parser.parse_args().quick
+    parser.add_argument("--steps", type=int, default=FULL.steps, help="steps per run (multiple of 5)")
+    parser.add_argument("--repeats", type=int, default=FULL.repeats, help="interleaved runs per setup")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else Plan("85m", micro=4, steps=args.steps, window=5, repeats=args.repeats)
     with Bench() as b:
-        print(run(b, QUICK if quick else FULL))
+        print(run(b, plan))
