@@ -16,6 +16,9 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node
 
 MAX_SPEC_BYTES = 256 * 1024  # the largest example spec is ~2 KB; a user's env and search space fit easily
+# A job spec is a few levels deep. Composing recurses once per level, so without a bound a deep file is refused
+# only by Python's recursion limit, which whatever the process imported before (torch) may have raised.
+MAX_DEPTH = 100
 
 
 class SpecYAMLError(yaml.MarkedYAMLError):
@@ -26,12 +29,21 @@ class SpecYAMLError(yaml.MarkedYAMLError):
 
 
 class StrictLoader(yaml.SafeLoader):
+    depth = 0
+
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
         if self.check_event(AliasEvent):
             event = self.peek_event()
             raise SpecYAMLError(f"it uses the YAML alias *{event.anchor}, which specs do not allow (aliases can "
                                 "expand a small file into gigabytes); write the values out", event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise SpecYAMLError(f"it is nested too deeply (over {MAX_DEPTH} levels; a job spec has a few)",
+                                self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -98,8 +98,14 @@ def test_binary_spec_file(home, tmp_path, capsys):
 
 
 def test_deeply_nested_yaml(home, tmp_path, capsys):
-    refused(capsys, home, ["submit", write(tmp_path, "name: x\nworkload: mlp\nmodel: " + "[" * 600 + "]" * 600)],
-            "nested too deeply")
+    # Refused by the loader's own bound, not by Python's recursion limit, which torch (among others) raises.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        refused(capsys, home, ["submit", write(tmp_path, "name: x\nworkload: mlp\nmodel: " + "[" * 600 + "]" * 600)],
+                "nested too deeply")
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 # ---- fields: unknown, mistyped, wrong type, impossible -------------------------------------------------------
