@@ -68,3 +68,13 @@ def _check_batch_arithmetic(config: dict[str, Any], world_size: int) -> None:
     stage = config.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise SpecError(f"deepspeed.config.zero_optimization.stage is {stage}; ZeRO stages are 0, 1, 2 and 3.")
+    offload = config.get("zero_optimization", {}).get("offload_optimizer")
+    if isinstance(offload, dict) and offload.get("device") == "nvme":
+        # Measured with DeepSpeed 0.19.8 (BENCHMARKS.md, largest model per ZeRO stage): its NVMe load path copies
+        # back only the optimizer's swap files, and the resumed model scores like an untrained one.
+        raise SpecError(
+            "deepspeed.config.zero_optimization.offload_optimizer.device is 'nvme': DeepSpeed resumes such a "
+            "checkpoint without its trained weights, so the job could not resume where it stopped. Use "
+            "deepspeed.offload_optimizer: true (optimizer states in host memory), ZeRO-3, or more workers; "
+            "`orch estimate` says what fits."
+        )

@@ -137,6 +137,8 @@ SPEC_CASES: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     "offload_optimizer without ZeRO": (MLP, ["deepspeed.zero_stage=0", "deepspeed.offload_optimizer=true"],
                                        ("offload_optimizer needs zero_stage 1, 2 or 3",)),
     "offload_param without stage 3": (MLP, ["deepspeed.offload_param=true"], ("offload_param needs zero_stage 3",)),
+    "NVMe optimizer offload": (MLP, ["deepspeed.config={zero_optimization: {offload_optimizer: {device: nvme}}}"],
+                               ("offload_optimizer.device is 'nvme'", "deepspeed.offload_optimizer: true")),
     "fp16 on CPU": (MLP, ["deepspeed.precision=fp16"], ("fp16 needs a GPU", "bf16 or fp32")),
     "raw fp16 on CPU": (MLP, ["deepspeed.config={fp16: {enabled: true}}"], ("deepspeed.config.fp16.enabled",)),
     "gpus without use_gpu": (MLP, ["scaling.gpus_per_worker=1"], ("gpus_per_worker > 0 needs use_gpu",)),

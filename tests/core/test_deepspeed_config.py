@@ -47,3 +47,9 @@ def test_deep_merge_does_not_mutate():
     base = {"a": {"b": 1}}
     assert deep_merge(base, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
     assert base == {"a": {"b": 1}}
+
+
+def test_nvme_optimizer_offload_is_refused_with_what_to_use_instead():
+    nvme = {"zero_optimization": {"offload_optimizer": {"device": "nvme", "nvme_path": "/local/nvme"}}}
+    with pytest.raises(SpecError, match=r"offload_optimizer.device is 'nvme'.*deepspeed.offload_optimizer: true"):
+        build_deepspeed_config(_spec(deepspeed={"zero_stage": 3, "config": nvme}))
