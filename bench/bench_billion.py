@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,30 @@ def wait_until(what: str, predicate: Any, timeout_s: float, poll_s: float = 5.0)
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+class LowestAvailableMemory:
+    """The machine's lowest MemAvailable while it runs: the headroom the job, its forked checkpoint writers and
+    the page cache left (a worker's own peak RSS does not show what its copy-on-write child costs)."""
+
+    def __init__(self, period_s: float = 0.5):
+        self.period_s, self.lowest = period_s, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> LowestAvailableMemory:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period_s):
+            meminfo = Path("/proc/meminfo").read_text().split("\n")
+            kib = int(next(line for line in meminfo if line.startswith("MemAvailable:")).split()[1])
+            self.lowest = kib * 1024 if self.lowest is None else min(self.lowest, kib * 1024)
+
+
 def timed_export(bench: Bench, job: str, out: Path, env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of `orch export --format hf`, measured by GNU time."""
     started = time.perf_counter()
@@ -105,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"ZeRO-0: exit {refused.returncode}: {refused.stderr.strip()[:600]}", file=sys.stderr, flush=True)
 
         started = time.time()
+        memory = LowestAvailableMemory().start()
         job = bench.orch("submit", SPEC, *set_args(sets), *budget, env=env).stdout.strip().splitlines()[-1]
         store = open_store(f"s3://{BUCKET}/billion/jobs/{job}")
         figures["job"] = job
@@ -127,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         final_state = wait_until("the job's end", lambda: (s := state(bench, job, env))["state"] in TERMINAL and s,
                                  args.timeout, poll_s=15)
         figures["wall_s"] = round(time.time() - started)
+        memory.stop()
+        figures["mem_available_min"] = memory.lowest
         figures["state"] = final_state["state"]
         if final_state["state"] != "SUCCEEDED":
             raise RuntimeError(f"job {job} ended {final_state['state']}: {final_state.get('message')}")
@@ -143,6 +171,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             final=[r for r in rows if r.get("final")][-1],
             step_times=[r.get("step_time_s") for r in rows if "step_time_s" in r],
             stalls=[r["checkpoint_stall_s"] for r in rows if "checkpoint_stall_s" in r],
+            saves={r["step"]: {"stall_s": r["checkpoint_stall_s"], "write_s": r.get("checkpoint_write_s")}
+                   for r in rows if "checkpoint_stall_s" in r},
+            step_time_by_step={r["step"]: r["step_time_s"] for r in rows if r.get("step_time_s")},
             checkpoints={s: sum(o.size for o in store.list(f"checkpoints/step-{s:06d}/")) for s in committed(store)},
             manifests={s: read_json(store, f"checkpoints/step-{s:06d}/MANIFEST.json")["created"]
                        for s in committed(store)},
@@ -193,8 +224,14 @@ def report(f: dict[str, Any]) -> str:
         f"| seconds per step (median) | {statistics.median([t for t in f['step_times'] if t]):.1f} |"
         if any(f["step_times"]) else "| seconds per step | n/a |",
         f"| checkpoint size | {size / gib:.1f} GiB |",
-        f"| training stall per checkpoint (median) | {statistics.median(f['stalls']):.1f} s |"
-        if f["stalls"] else "| training stall per checkpoint | n/a |",
+        "| training stall per checkpoint (step: stall, background write) | "
+        + ", ".join(f"{s}: {v['stall_s']:.2f} s, {v['write_s'] or 0:.1f} s" for s, v in sorted(f["saves"].items()))
+        + " |",
+        "| seconds of the step after each checkpoint (median of all steps) | "
+        + ", ".join(f"{s + 1}: {f['step_time_by_step'][s + 1]:.1f}" for s in sorted(f["saves"])
+                    if s + 1 in f["step_time_by_step"])
+        + f" ({statistics.median(f['step_time_by_step'].values()):.1f}) |",
+        f"| lowest MemAvailable of the machine during the job | {(f['mem_available_min'] or 0) / gib:.2f} GiB |",
         f"| killed after commit of step {f['kill']['after_commit_of']}, restored step | {f['restored_step']} |",
         f"| steps trained again, largest loss difference | {len(f['redone'])}, {f['max_redone_diff']} |",
         f"| `orch export --format hf`: time, peak RSS | {f['export']['seconds']} s, "

@@ -77,9 +77,17 @@ class MetricsLog:
         if flush:
             self.flush(wait=not background)
 
-    def note_checkpoint(self, step: int, stall_s: float) -> None:
-        if self.enabled and self.rows and self.rows[-1].get("step") == step:
-            self.rows[-1]["checkpoint_stall_s"] = stall_s
+    def note_checkpoint(self, step: int, stall_s: float, write_s: float | None = None) -> None:
+        """Add to step's row how long training waited for its checkpoint and, when a forked child wrote the
+        files, how long that took; written with the next flush."""
+        if not self.enabled:
+            return
+        for row in reversed(self.rows):
+            if row.get("step") == step and not row.get("final"):
+                row["checkpoint_stall_s"] = round(stall_s, 4)
+                if write_s:
+                    row["checkpoint_write_s"] = round(write_s, 3)
+                return
 
     def latest(self) -> dict[str, Any]:
         merged: dict[str, Any] = {}

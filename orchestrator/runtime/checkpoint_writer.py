@@ -1,9 +1,10 @@
 """Worker side of checkpoints: save locally, upload in the background, commit, restore.
 
-The training loop blocks only for DeepSpeed's local save. Each rank then uploads its own files on a
-background thread and writes its rank part; rank 0's thread waits for every rank's part and writes
-MANIFEST.json last (the commit marker), then applies retention. No collective ever runs on the
-background thread: ranks coordinate only through storage.
+The training loop blocks only while DeepSpeed gathers what to save and the worker forks: a forked child writes
+the files (background_save.py) while training goes on, and the next optimizer step waits for it if it is not
+done. Each rank then uploads its own files on a background thread and writes its rank part; rank 0's thread
+waits for every rank's part and writes MANIFEST.json last (the commit marker), then applies retention. No
+collective ever runs on the background thread: ranks coordinate only through storage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from typing import Any
 
 from orchestrator.core import checkpoints
 from orchestrator.core.spec import CheckpointSpec
+from orchestrator.runtime.background_save import (
+    BackgroundWrite,
+    DeferredCheckpointEngine,
+    LocalSaveError,
+    can_fork_for,
+    write_files,
+)
 from orchestrator.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -60,27 +68,78 @@ class CheckpointWriter:
         self.failures_in_a_row = 0
         self.last_error: str = ""
         self.last_saved_step = -1
-        self.stall_seconds: list[float] = []
+        # Seconds training waited for each checkpoint, by step: the save itself, and later, any wait of an
+        # optimizer step for its background write. `settled()` hands over those whose write is done.
+        self.stall_seconds: dict[int, float] = {}
+        self._writing: tuple[int, BackgroundWrite] | None = None
+        self._settled: list[tuple[int, float, float]] = []
+
+    def attach(self, engine: Any, optimizer: Any) -> None:
+        """Have this engine's checkpoint files written by a forked child (see background_save.py), and this
+        optimizer wait for that child before it steps: the step writes the very states being saved."""
+        if self.policy.async_upload and not isinstance(engine.checkpoint_engine, DeferredCheckpointEngine):
+            engine.checkpoint_engine = DeferredCheckpointEngine(engine.checkpoint_engine)
+            optimizer.register_step_pre_hook(lambda *_: self.wait_for_local_write())
 
     def save(self, engine: Any, step: int, metrics: dict[str, float], client_state: dict[str, Any]) -> None:
         """Collective: every rank calls it at the same step."""
         started = time.perf_counter()
-        self.wait()  # the only extra stall: the previous upload, if it is still running
+        self.wait()  # the previous upload, if it is still running
         tag = checkpoints.step_tag(step)
         (self.local_dir / tag).mkdir(parents=True, exist_ok=True)  # every rank writes here, not just rank 0
         with zip_crc_skipped():
             engine.save_checkpoint(str(self.local_dir), tag=tag, client_state=client_state, save_latest=False)
+            background = self._write_files(engine)
         self.last_saved_step = step
-        upload = self._upload_job(self.local_dir / tag, step, dict(metrics))
+        upload = self._upload_job(self.local_dir / tag, step, dict(metrics), background)
         if self.policy.async_upload:
             self._pending = self._pool.submit(upload)
         else:
             upload()
-        self.stall_seconds.append(time.perf_counter() - started)
+        self.stall_seconds[step] = time.perf_counter() - started
+        if background is not None:
+            self._writing = (step, background)
+        else:
+            self._settled.append((step, self.stall_seconds[step], 0.0))
 
-    def _upload_job(self, directory: Path, step: int, metrics: dict[str, float]) -> Callable[[], None]:
+    def _write_files(self, engine: Any) -> BackgroundWrite | None:
+        """Write what DeepSpeed's save collected: in a forked child where it can, else here and now."""
+        deferred = getattr(engine, "checkpoint_engine", None)
+        if not isinstance(deferred, DeferredCheckpointEngine):
+            return None  # an engine this writer was not attached to wrote its files itself
+        files = deferred.take_pending()
+        if can_fork_for(files):
+            return BackgroundWrite(files, deferred.zip_serialization)
+        write_files(files, deferred.zip_serialization)
+        return None
+
+    def wait_for_local_write(self, training: bool = True) -> None:
+        """Training thread: block until the last checkpoint's files are written; raises LocalSaveError if they
+        could not be. While training goes on, the wait counts as that checkpoint's stall."""
+        if self._writing is None:
+            return
+        step, background = self._writing
+        self._writing = None
+        waited_from = time.perf_counter()
+        try:
+            background.result()
+        finally:
+            if training:
+                self.stall_seconds[step] += time.perf_counter() - waited_from
+            self._settled.append((step, self.stall_seconds[step], background.seconds or 0.0))
+
+    def settled(self) -> list[tuple[int, float, float]]:
+        """(step, seconds training waited for it, seconds its background write took) of each checkpoint whose
+        files are written since the last call."""
+        settled, self._settled = self._settled, []
+        return settled
+
+    def _upload_job(self, directory: Path, step: int, metrics: dict[str, float],
+                    background: BackgroundWrite | None) -> Callable[[], None]:
         def run() -> None:
             try:
+                if background is not None:
+                    background.result()
                 entries = []
                 for path in sorted(p for p in directory.rglob("*") if p.is_file()):
                     rel = path.relative_to(directory).as_posix()
@@ -97,6 +156,8 @@ class CheckpointWriter:
                 self.failures_in_a_row += 1
                 self.last_error = str(exc)
                 log.warning("checkpoint step %d not uploaded (%d in a row): %s", step, self.failures_in_a_row, exc)
+            except LocalSaveError:
+                pass  # nothing to upload; the training thread raises it (wait_for_local_write)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
 
@@ -110,7 +171,8 @@ class CheckpointWriter:
         except StorageError as exc:  # retention is housekeeping: log, retry next time, never fail training
             log.warning("checkpoint retention skipped: %s", exc)
 
-    def wait(self) -> None:
+    def wait(self, training: bool = True) -> None:
+        self.wait_for_local_write(training)
         if self._pending is not None:
             self._pending.result()
             self._pending = None
@@ -119,7 +181,7 @@ class CheckpointWriter:
                                f"{self.store.uri}; last error: {self.last_error}")
 
     def close(self) -> None:
-        self.wait()
+        self.wait(training=False)  # the job's end waits for its last checkpoint; training does not
         self._pool.shutdown(wait=True)
         shutil.rmtree(self.local_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # the job's directory goes with its last rank on this node

@@ -182,6 +182,7 @@ class WorkerContext:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
         )
+        self.writer.attach(self.engine, optimizer)
         if dist.is_initialized():  # every rank has mapped its peers' shm buffers: their names can go
             dist.barrier()
             release_own_buffer(self.rank)
@@ -325,6 +326,7 @@ class WorkerContext:
         row["loss"] = self.all_reduce_mean(float(metrics["loss"]))
         row |= health_metrics(engine, self.spec, row, self.world_size)  # grad_norm, mfu
         row["time"] = utc_now()
+        self._note_settled_checkpoints()
         self.metrics.add(row, flush=True, background=True)  # a storage outage must not hold up training
         if self.rank == 0:  # one dated line per report: progress in the log, and `orch logs --since` anchors on it
             print(f"orch: step {step}/{self.spec.train.steps} loss {row['loss']:.4g} ({row['time']})", flush=True)
@@ -346,7 +348,11 @@ class WorkerContext:
     def save(self, engine: Any, step: int, metrics: dict[str, Any]) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.writer.save(engine, step, numeric, {"step": step, "rng": self._rng_state()})
-        self.metrics.note_checkpoint(step, self.writer.stall_seconds[-1])
+        self._note_settled_checkpoints()
+
+    def _note_settled_checkpoints(self) -> None:
+        for step, stall_s, write_s in self.writer.settled():
+            self.metrics.note_checkpoint(step, stall_s, write_s)
 
     def finish(self, final_metrics: dict[str, float]) -> dict[str, float]:
         """Final checkpoint (if the policy asks), wait for uploads to commit, write the last metrics."""
@@ -355,6 +361,7 @@ class WorkerContext:
         if self.spec.checkpoint.at_end and self.writer.last_saved_step != step and self.engine is not None:
             self.save(self.engine, step, {**self.metrics.latest(), **final_metrics})
         self.writer.close()
+        self._note_settled_checkpoints()
         self.metrics.add({"step": step, "final": True, **final_metrics}, flush=True)
         return final_metrics
 

@@ -63,6 +63,9 @@ def test_prepare_train_kill_resume_export_and_generate(orch, s3_env: str, s3_ser
     assert killed.keys() == reference.keys() and max(killed) == STEPS
     assert all(abs(killed[s] - reference[s]) <= 1e-4 for s in killed), (killed, reference)
     assert killed[STEPS] < killed[2] - 0.5  # it learned from the prepared tokens
+    # Forked children wrote each checkpoint's files (background_save.py) while the DeepSpeed engines trained on.
+    saves = {r["step"]: r for r in metrics_rows(orch.storage / "jobs" / reference_id) if "checkpoint_stall_s" in r}
+    assert sorted(saves) == [10, 20, 30, 40] and all(r["checkpoint_write_s"] > 0 for r in saves.values())
 
     hf_dir = tmp_path / "hf"
     orch.run("export", job_id, "--format", "hf", "--out", str(hf_dir), extra_env=s3_server.env)
