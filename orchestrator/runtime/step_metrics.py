@@ -57,6 +57,10 @@ class ThroughputWindow:
         self.started = time.perf_counter()
         self.steps = 0
         self.counts: dict[str, float] = {}
+        self.left_out = 0.0  # seconds inside the window that were not training (evaluation)
+
+    def leave_out(self, seconds: float) -> None:
+        self.left_out += seconds
 
     def add(self, metrics: dict[str, float]) -> None:
         self.steps += 1
@@ -65,7 +69,7 @@ class ThroughputWindow:
                 self.counts[unit] = self.counts.get(unit, 0.0) + metrics[unit]
 
     def rates(self, world_size: int) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started - self.left_out
         if self.steps == 0 or elapsed <= 0:
             return {}
         rates = {"step_time_s": elapsed / self.steps}

@@ -16,8 +16,9 @@ import resource
 import shutil
 import socket
 import tempfile
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,16 @@ class WorkerContext:
         every = self.spec.train.eval_every
         return step == self.spec.train.steps or (every > 0 and step % every == 0)
 
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Around a workload's evaluation: its time is left out of the training throughput (tokens_per_s,
+        step_time_s) and reported on its own as eval_time_s in the next report's row."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._window.leave_out(time.perf_counter() - started)
+
     def all_reduce_mean(self, value: float) -> float:
         if not dist.is_initialized() or self.world_size == 1:
             return value
@@ -320,6 +331,8 @@ class WorkerContext:
             return
         # Loss is averaged over ranks and throughput over the steps since the last report.
         row: dict[str, Any] = {"step": step, **metrics, **self._window.rates(self.world_size)}
+        if self._window.left_out:
+            row["eval_time_s"] = round(self._window.left_out, 3)
         # The next window starts here, so it pays for this report (all-reduce, metrics file, Ray's report):
         # the throughput users see includes what orchestration costs them.
         self._window.reset()

@@ -55,7 +55,8 @@ def train_lm(ctx: WorkerContext, model: torch.nn.Module, data: LMData, seq_len: 
         metrics = {"loss": loss, "lr": lr, "tokens": accum * ds_cfg.micro_batch_size * seq_len}
         metrics |= data.metrics(step)
         if ctx.should_eval(step):
-            evals, evaluated_at = evaluate(ctx, engine, data, step), step
+            with ctx.evaluation():
+                evals, evaluated_at = evaluate(ctx, engine, data, step), step
             metrics |= evals
         ctx.after_step(engine, step, metrics)
 

@@ -66,6 +66,9 @@ def test_prepare_train_kill_resume_export_and_generate(orch, s3_env: str, s3_ser
     # Forked children wrote each checkpoint's files (background_save.py) while the DeepSpeed engines trained on.
     saves = {r["step"]: r for r in metrics_rows(orch.storage / "jobs" / reference_id) if "checkpoint_stall_s" in r}
     assert sorted(saves) == [10, 20, 30, 40] and all(r["checkpoint_write_s"] > 0 for r in saves.values())
+    # Evaluations are timed on their own, outside the training throughput.
+    evaluated = [r for r in metrics_rows(root) if "eval_loss" in r and not r.get("final")]
+    assert [r["step"] for r in evaluated] == [20, 40] and all(r["eval_time_s"] > 0 for r in evaluated)
 
     hf_dir = tmp_path / "hf"
     orch.run("export", job_id, "--format", "hf", "--out", str(hf_dir), extra_env=s3_server.env)

@@ -103,3 +103,20 @@ def test_a_report_does_not_wait_for_a_stalled_store_and_the_final_write_has_ever
     log.add({"step": 2, "final": True, "loss": 1.0}, flush=True)  # waits for the write in flight, then writes
     rows = read_jsonl(store)
     assert [(r["step"], bool(r.get("final"))) for r in rows] == [(1, False), (2, False), (2, True)]
+
+
+def test_evaluation_time_is_left_out_of_the_training_throughput(monkeypatch):
+    from orchestrator.runtime import step_metrics
+
+    now = [100.0]
+    monkeypatch.setattr(step_metrics.time, "perf_counter", lambda: now[0])
+    window = step_metrics.ThroughputWindow()
+    for _ in range(4):  # 4 steps of 512 tokens, 2 s each
+        now[0] += 2.0
+        window.add({"tokens": 512})
+    now[0] += 6.0  # an evaluation inside the window
+    window.leave_out(6.0)
+    rates = window.rates(world_size=2)
+    assert rates == {"step_time_s": 2.0, "tokens_per_s": 4 * 512 * 2 / 8.0}
+    window.reset()
+    assert window.left_out == 0.0

@@ -65,7 +65,8 @@ def train(ctx: WorkerContext) -> dict[str, float]:
             loss += micro_loss.item() / accum  # this rank's loss; eval is the cross-rank number
         metrics = {"loss": loss, "lr": lr, "samples": accum * ds_cfg.micro_batch_size}
         if ctx.should_eval(step):
-            evals, evaluated_at = evaluate(ctx, engine, dataset), step
+            with ctx.evaluation():
+                evals, evaluated_at = evaluate(ctx, engine, dataset), step
             metrics |= evals
         ctx.after_step(engine, step, metrics)
 

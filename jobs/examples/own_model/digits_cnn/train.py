@@ -81,7 +81,8 @@ def train(ctx: Any) -> dict[str, float]:
             loss += micro_loss.item() / accum
         metrics = {"loss": loss, "lr": lr, "samples": accum * micro}
         if ctx.should_eval(step):
-            evals = evaluate(ctx, engine, *splits["val"])
+            with ctx.evaluation():  # left out of the training throughput
+                evals = evaluate(ctx, engine, *splits["val"])
             metrics |= evals
         ctx.after_step(engine, step, metrics)
     evals = evaluate(ctx, engine, *splits["val"])
