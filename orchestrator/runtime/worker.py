@@ -238,8 +238,7 @@ class WorkerContext:
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
-        """Around a workload's evaluation: its time is left out of the training throughput (tokens_per_s,
-        step_time_s) and reported on its own as eval_time_s in the next report's row."""
+        """Around an evaluation: its time stays out of tokens_per_s/step_time_s (the row's eval_time_s)."""
         started = time.perf_counter()
         try:
             yield
