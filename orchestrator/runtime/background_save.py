@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 PR_SET_PDEATHSIG = 1
-# The child's report through its pipe: "ok", or the error that stopped it.
+# The child reports through a pipe: "ok", or the error that stopped it, cut to this many bytes.
 MAX_ERROR_BYTES = 4000
 
 
@@ -97,9 +97,6 @@ class BackgroundWrite:
             _child(files, zip_serialization, write_fd, parent)
         os.close(write_fd)
         self._read_fd: int | None = read_fd
-
-    def done(self) -> bool:
-        return self.seconds is not None
 
     def result(self) -> None:
         with self._lock:
