@@ -17,8 +17,6 @@ worker itself, as before.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -28,6 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from orchestrator.runtime.host_memory import libc
 
 PR_SET_PDEATHSIG = 1
 # The child reports through a pipe: "ok", or the error that stopped it, cut to this many bytes.
@@ -136,7 +136,6 @@ def _child(files: list[tuple[Any, str]], zip_serialization: bool, status_fd: int
 
 def _die_with_parent(parent: int) -> None:
     """A SIGKILLed worker must not leave its child writing GBs into a staging dir the next attempt clears."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above: nobody will collect this write
         os._exit(1)

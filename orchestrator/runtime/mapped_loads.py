@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import mmap
 import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from orchestrator.runtime.host_memory import libc
 
 
 @contextlib.contextmanager
@@ -56,10 +57,10 @@ def release_file_pages(paths: list[str]) -> int:
     if not paths or not sys.platform.startswith("linux"):
         return 0
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        madvise = libc().madvise
     except OSError:
         return 0
-    libc.madvise.argtypes, libc.madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
     wanted = set(paths)
     advised = 0
     with open("/proc/self/maps") as maps:
@@ -68,6 +69,6 @@ def release_file_pages(paths: list[str]) -> int:
             # A file removed after loading (the restore deletes its download) shows as "<path> (deleted)".
             if len(fields) == 6 and fields[5].strip().removesuffix(" (deleted)") in wanted:
                 start, end = (int(x, 16) for x in fields[0].split("-"))
-                if libc.madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
+                if madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
                     advised += end - start
     return advised
