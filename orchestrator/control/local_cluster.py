@@ -25,6 +25,7 @@ from pathlib import Path
 
 from orchestrator.control.cluster_address import ClusterUnavailable, fetch_nodes
 from orchestrator.control.idle import default_idle_stop_s
+from orchestrator.control.ray_housekeeping import QUIET_RAY_ENV, lower_observer_priority
 
 START_TIMEOUT_S = 90.0
 
@@ -145,7 +146,7 @@ class LocalCluster:
         ]
         if num_gpus is not None:  # otherwise Ray counts this machine's GPUs, so GPU jobs can run here
             cmd += ["--num-gpus", str(num_gpus)]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**QUIET_RAY_ENV, **os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # a user's own RAY_ setting wins
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env)
@@ -157,6 +158,7 @@ class LocalCluster:
         with open(self.history_file, "a") as history:
             history.write(info.dashboard_url + "\n")
         nodes = self._wait_ready(info, proc)
+        lower_observer_priority(info.pid)
         if num_gpus is None:
             info = replace(info, num_gpus=int(sum(n.get("resources_total", {}).get("GPU", 0) for n in nodes)))
         self.state_file.write_text(json.dumps(asdict(info), indent=2))

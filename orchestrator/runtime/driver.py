@@ -54,6 +54,9 @@ def build_trainer(spec: JobSpec, job_id: str, store_uri: str, gate: Any = None,
             # its workers must fail loudly instead of hanging (each try waits RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S).
             failure_config=FailureConfig(max_failures=spec.failure.max_restarts,
                                          controller_failure_limit=WORKER_GROUP_START_TRIES),
+            # Ray starts its workers at niceness 15, below every other process of the node (its own daemons
+            # included), which then preempt training at each wake-up. Training is what the node is for.
+            worker_runtime_env={"env_vars": {"RAY_worker_niceness": "0"}},
         ),
     )
 

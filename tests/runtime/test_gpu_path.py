@@ -49,6 +49,12 @@ def test_cpu_spec_builds_a_gloo_trainer_without_gpus():
     assert "GPU" not in trainer.scaling_config.resources_per_worker
 
 
+def test_training_workers_run_at_normal_priority():
+    # Not Ray's default niceness 15 for workers, below its own daemons.
+    trainer = build_trainer(load_spec_file(EXAMPLES / "mlp-digits.yaml"), "cpu-test", "file:///tmp/unused")
+    assert trainer.run_config.worker_runtime_env["env_vars"]["RAY_worker_niceness"] == "0"
+
+
 def test_gpu_jobs_let_deepspeed_pick_cuda():
     assert "DS_ACCELERATOR" not in job_runtime_env(True, None, {}, None)["env_vars"]
     assert job_runtime_env(False, None, {}, None)["env_vars"]["DS_ACCELERATOR"] == "cpu"
