@@ -86,6 +86,19 @@ def orch(ray_cluster: dict[str, str], tmp_path: Path) -> Iterator[Orch]:
     stop_leftover_ray_jobs(ray_cluster["ORCH_RAY_ADDRESS"], home)
 
 
+@pytest.fixture
+def own_cluster_orch(tmp_path: Path) -> Iterator[Orch]:
+    """`orch` for a home that starts an embedded cluster of its own (not the session's shared one), which is
+    stopped when the test ends."""
+    home = tmp_path / "home"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ORCH_"))},
+           "ORCH_HOME": str(home), "RAY_TMPDIR": tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp")}
+    try:
+        yield Orch(home=home, env=env)
+    finally:
+        stop_embedded_cluster(home, env)
+
+
 def stop_leftover_ray_jobs(address: str, home: Path) -> None:
     """A failed test must not leave its jobs running on the shared cluster, holding CPUs the next test needs."""
     import sqlite3

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from orchestrator.control.ray_housekeeping import OBSERVER_NICENESS, QUIET_RAY_ENV
-from tests.e2e.conftest import REPO
-from tests.embedded_clusters import stop_embedded_cluster
+from tests.e2e.conftest import Orch
 
 pytestmark = pytest.mark.e2e
 
@@ -35,29 +31,18 @@ def head_processes(leader: int) -> dict[int, str]:
 
 
 @pytest.mark.e2e_timeout(240)
-def test_cluster_up_lowers_observers_and_quiets_bookkeeping(tmp_path: Path) -> None:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ORCH_"))},
-           "ORCH_HOME": str(tmp_path / "home"), "RAY_TMPDIR": tempfile.mkdtemp(prefix="orch-ray-", dir="/tmp")}
+def test_cluster_up_lowers_observers_and_quiets_bookkeeping(own_cluster_orch: Orch) -> None:
+    own_cluster_orch.run("cluster", "up", "--idle-stop", "0", timeout=180)
+    leader = json.loads(own_cluster_orch.run("cluster", "status", "--json").stdout)["pid"]
+    procs = head_processes(leader)
 
-    def orch(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=env, text=True,
-                              capture_output=True, timeout=180)
+    def niceness(program: str) -> list[int]:
+        return [os.getpriority(os.PRIO_PROCESS, pid) for pid, name in procs.items() if name == program]
 
-    try:
-        up = orch("cluster", "up", "--idle-stop", "0")
-        assert up.returncode == 0, up.stderr
-        leader = json.loads(orch("cluster", "status", "--json").stdout)["pid"]
-        procs = head_processes(leader)
-
-        def niceness(program: str) -> list[int]:
-            return [os.getpriority(os.PRIO_PROCESS, pid) for pid, name in procs.items() if name == program]
-
-        assert niceness("gcs_server") == niceness("raylet") == [0]
-        assert niceness("dashboard.py") == niceness("ray::DashboardAgent") == [OBSERVER_NICENESS]
-        assert niceness("log_monitor.py") == niceness("monitor.py") == [OBSERVER_NICENESS]
-        raylet = next(pid for pid, name in procs.items() if name == "raylet")
-        environ = dict(item.split("=", 1) for item in
-                       Path(f"/proc/{raylet}/environ").read_text().split("\0") if "=" in item)
-        assert {name: environ.get(name) for name in QUIET_RAY_ENV} == QUIET_RAY_ENV
-    finally:
-        stop_embedded_cluster(tmp_path / "home", env)
+    assert niceness("gcs_server") == niceness("raylet") == [0]
+    assert niceness("dashboard.py") == niceness("ray::DashboardAgent") == [OBSERVER_NICENESS]
+    assert niceness("log_monitor.py") == niceness("monitor.py") == [OBSERVER_NICENESS]
+    raylet = next(pid for pid, name in procs.items() if name == "raylet")
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{raylet}/environ").read_text().split("\0") if "=" in item)
+    assert {name: environ.get(name) for name in QUIET_RAY_ENV} == QUIET_RAY_ENV
