@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench.common import REPO, Bench, gpt_sets
+from orchestrator.control.cluster_address import auth_headers
 
 REPEATS = 3
 
@@ -29,11 +30,13 @@ def by_hand_latency(bench: Bench) -> float:
     url = json.loads((bench.home / "cluster" / "cluster.json").read_text())["dashboard_url"]
     env_vars = {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": bench.env["TORCH_EXTENSIONS_DIR"],
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    # Ray's CLI sends the cluster's token only in token mode (orch reads the token wherever Ray keeps it).
+    cli_env = {**bench.env, "RAY_AUTH_MODE": "token"} if auth_headers() else bench.env
     start = time.time()
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", url, "--no-wait",
                     "--runtime-env-json", json.dumps({"env_vars": env_vars}),
                     "--", sys.executable, "-m", "bench.by_hand_train", str(marker)],
-                   cwd=REPO, env=bench.env, check=True, capture_output=True)
+                   cwd=REPO, env=cli_env, check=True, capture_output=True)
     first = _wait_for(lambda: float(marker.read_text()) if marker.exists() and marker.read_text() else None)
     return first - start
 
