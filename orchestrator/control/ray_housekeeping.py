@@ -2,14 +2,15 @@
 
 A local cluster shares its cores with the jobs it runs. Measured on 2 cores with 2 GPT workers, Ray's ~20 other
 processes (GCS, raylet, dashboard and its 9 module processes, agents, the job supervisor, Ray Train's controller
-and helper actors) took ~8% of the CPU, and every wake-up of one of them preempts a worker, which stalls the other
+and helper actors) took ~8% of the CPU, and a wake-up of one of them can preempt a worker, which stalls the other
 at the next all-reduce. Two remedies, for the cluster `orch` starts itself (a cluster someone else runs is theirs
 to tune):
 
 - Ray's periodic bookkeeping that nothing in orch reads runs less often (`QUIET_RAY_ENV`).
 - The observability daemons (dashboard, agents, monitors) run at a lower priority than training
-  (`lower_observer_priority`): they still run, in the gaps when a worker waits, instead of preempting it.
+  (`lower_observer_priority`): they still get their CPU, but training is preferred when both want a core.
   GCS and the raylet keep normal priority: they carry the control plane, and workers inherit the raylet's.
+Measured effect on that machine: about +1% training throughput (BENCHMARKS.md, "Orchestration overhead").
 """
 
 from __future__ import annotations
