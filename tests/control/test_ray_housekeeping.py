@@ -13,14 +13,15 @@ import pytest
 
 from orchestrator.control.ray_housekeeping import OBSERVER_NICENESS, lower_observer_priority
 
-# A stand-in head: a group leader with children run as programs named like Ray's (links to this Python). Each child
-# prints its pid; the leader prints them all once every child has.
+PROGRAMS = ["raylet", "gcs_server", "dashboard", "agent", "already-nice"]
+# A stand-in head: a group leader with children run as programs named like Ray's (links to this Python in its
+# bin_dir). Each child prints its pid; the leader prints them all once every child has.
 HEAD = textwrap.dedent("""
     import os, subprocess, sys
     bin_dir = sys.argv[1]
     sleep = "import os, sys, time; sys.stdout.write(str(os.getpid()) + chr(10)); sys.stdout.flush(); time.sleep(60)"
     children = {}
-    for name in ["raylet", "gcs_server", "dashboard", "agent", "already-nice"]:
+    for name in sorted(os.listdir(bin_dir)):
         pre = (lambda: os.nice(15)) if name == "already-nice" else None
         proc = subprocess.Popen([os.path.join(bin_dir, name), "-c", sleep, "--raylet_socket_name=x"],
                                 stdout=subprocess.PIPE, text=True, preexec_fn=pre)
@@ -32,7 +33,7 @@ HEAD = textwrap.dedent("""
 
 @pytest.fixture()
 def head(tmp_path: Path):
-    for name in ["raylet", "gcs_server", "dashboard", "agent", "already-nice"]:
+    for name in PROGRAMS:
         (tmp_path / name).symlink_to(sys.executable)
     proc = subprocess.Popen([sys.executable, "-c", HEAD, str(tmp_path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)

@@ -12,21 +12,21 @@ import pytest
 
 from orchestrator.control.ray_housekeeping import OBSERVER_NICENESS, QUIET_RAY_ENV
 from tests.e2e.conftest import Orch
+from tests.process_tree import process_tree
 
 pytestmark = pytest.mark.e2e
 
 
 def head_processes(leader: int) -> dict[int, str]:
-    """{pid: program} of the head's process group: the executable's or script's name, or the title Ray gives it."""
+    """{pid: program} of the head's processes: the executable's or script's name, or the title Ray gives it."""
     found = {}
-    for entry in Path("/proc").iterdir():
+    for pid in process_tree(leader):  # the head is its own session's leader (`start_new_session`)
         try:
-            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
-                argv = (entry / "cmdline").read_bytes().decode().split("\0")
-                script = next((arg for arg in argv[1:] if arg.endswith(".py")), argv[0])
-                found[int(entry.name)] = Path(script.split(" ")[0]).name
-        except (OSError, ProcessLookupError):
-            continue
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue  # exited while we looked
+        script = next((arg for arg in argv[1:] if arg.endswith(".py")), argv[0])
+        found[pid] = Path(script.split(" ")[0]).name
     return found
 
 
